@@ -1,0 +1,72 @@
+"""Apply DWM LoRAs at a strength, stacked, without reloading the model.
+
+A DWM checkpoint has two parts:
+
+* the attention LoRA, installed as a peft adapter through diffusers' ``load_lora_adapter`` and
+  weighted with ``set_adapters`` (strength scales its delta: 0 = off, 1 = as trained);
+* the full widened ``patch_embed.proj``, which no adapter API covers. We blend it linearly with the
+  same strength: ``W = W_base + sum_i s_i * (W_i - W_base)``, where ``W_base`` is the base projection
+  with zero hand channels. Strength 0 gives the base model back exactly (the hand video is then
+  ignored); 1 gives the trained projection; values in between scale both the change to the base
+  channels and the weight of the hand channels.
+
+Adapters stay loaded once per checkpoint object, so a strength sweep only re-weights them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .checkpoint import DWMCheckpoint, check_fits
+from .model import DWMBase
+
+MAX_LOADED = 8  # adapters kept installed; older unused ones are deleted beyond this
+
+
+def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str:
+    entry = base.adapters.get(id(ckpt))
+    if entry is not None:
+        return entry[0]
+    check_fits(ckpt, base.transformer, base.version)
+    name = f"dwm_{len(base.adapters)}_{id(ckpt):x}"
+    config = {"r": ckpt.rank, "lora_alpha": ckpt.alpha, "target_modules": ckpt.target_modules}
+    lora = {k: v.to(base.dtype) for k, v in ckpt.lora.items()}
+    base.transformer.load_lora_adapter(lora, prefix=None, adapter_name=name, metadata=config)
+    # Holding ckpt in the entry keeps its id unique while the adapter is installed.
+    base.adapters[id(ckpt)] = (name, ckpt)
+    return name
+
+
+def _evict(base: DWMBase, keep: set[str]) -> None:
+    unused = [key for key, (name, _) in base.adapters.items() if name not in keep]
+    for key in unused[: max(0, len(base.adapters) - MAX_LOADED)]:
+        base.transformer.delete_adapters(base.adapters.pop(key)[0])
+
+
+def _blend_patch_embed(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
+    proj = base.transformer.patch_embed.proj
+    for part, base_value in base.base_proj.items():
+        value = base_value.float()
+        for ckpt, strength in loras:
+            if strength and part in ckpt.patch_embed:
+                value = value + strength * (ckpt.patch_embed[part].float() - base_value.float())
+        with torch.no_grad():
+            getattr(proj, part).copy_(value.to(getattr(proj, part).dtype))
+
+
+def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
+    """Make the transformer compute the base plus each LoRA at its strength (empty = base)."""
+    weights: dict[str, float] = {}
+    for ckpt, strength in loras:
+        name = _ensure_adapter(base, ckpt)
+        weights[name] = weights.get(name, 0.0) + float(strength)
+    transformer = base.transformer
+    if weights:
+        transformer.enable_lora()
+        transformer.set_adapters(list(weights), list(weights.values()))
+    elif base.adapters:
+        transformer.disable_lora()
+    _evict(base, set(weights))
+    _blend_patch_embed(base, loras)

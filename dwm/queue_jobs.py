@@ -1,0 +1,211 @@
+"""Offline half of the batch queue: workflow roles, jobs, sample files and the manifest.
+
+Kept apart from the HTTP/websocket code in dwm.queue so that every check that needs no
+server runs (and fails with a one-line message) before anything is uploaded or queued.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's,
+# the prompt and seed inputs belong to our DWMTextEncode / DWMSampler nodes.
+ROLE_INPUTS = {
+    "LoadVideo": "file",
+    "VHS_LoadVideo": "video",
+    "VHS_LoadVideoFFmpeg": "video",
+    "DWMTextEncode": "prompt",
+    "DWMSampler": "seed",
+}
+# role -> (_meta.title that marks its node, dataset folder, file suffix, uploaded-name tag)
+ROLES = {
+    "static_video": ("static video", "videos_static", ".mp4", "static"),
+    "hand_video": ("hand video", "videos_hands", ".mp4", "hands"),
+    "prompt": ("prompt", "prompts", ".txt", None),
+    "sampler": ("sampler", None, None, None),
+}
+FILE_ROLES = ("static_video", "hand_video", "prompt")
+
+
+class UsageError(Exception):
+    """Bad input that the user can fix; printed as one line, exit code 2."""
+
+
+@dataclass
+class Job:
+    sample: str
+    seed: int
+    status: str = "pending"  # pending | queued | done | error | cancelled
+    prompt_id: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.sample, self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"{self.sample} seed {self.seed}"
+
+
+def load_workflow(path: str) -> dict:
+    """Read an API-format workflow; UI-format files are the usual mistake, so name that fix."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            wf = json.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read workflow {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"workflow {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(wf, dict) and "nodes" in wf and "links" in wf:
+        raise UsageError(
+            f"workflow {path} is in UI format (has 'nodes'/'links'): in ComfyUI use "
+            "Workflow > Export (API) and pass that file")
+    if not isinstance(wf, dict) or not wf or not all(
+            isinstance(n, dict) and "class_type" in n for n in wf.values()):
+        raise UsageError(f"workflow {path} is not an API-format workflow "
+                         "({node_id: {class_type, inputs}}): export it with Workflow > Export (API)")
+    return wf
+
+
+def parse_target(spec: str, wf: dict, what: str) -> tuple[str, str, str]:
+    """(value or role, node_id, input) from NODE_ID.INPUT=VALUE or ROLE=NODE_ID.INPUT.
+
+    The node id is split off at the last dot: ids may hold dots, input names never do.
+    """
+    lhs, sep, rhs = spec.partition("=")
+    ref, other = (lhs, rhs) if what == "--set" else (rhs, lhs)
+    node, dot, inp = ref.rpartition(".")
+    if not sep or not dot or not node or not inp:
+        form = "NODE_ID.INPUT=VALUE" if what == "--set" else "ROLE=NODE_ID.INPUT"
+        raise UsageError(f"{what} {spec!r} is not of the form {form}")
+    if node not in wf:
+        raise UsageError(f"{what} {spec!r}: the workflow has no node {node!r} "
+                         f"(its node ids: {', '.join(sorted(wf))})")
+    return other, node, inp
+
+
+def parse_value(text: str):
+    """--set values are JSON when they parse (numbers, lists, booleans), else plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def find_targets(wf: dict, overrides: list[str]) -> dict[str, tuple[str, str]]:
+    """role -> (node_id, input) from `_meta.title`, then --target overrides on top."""
+    targets: dict[str, tuple[str, str]] = {}
+    for role, (title, *_rest) in ROLES.items():
+        hits = [nid for nid, n in wf.items()
+                if str(n.get("_meta", {}).get("title", "")).strip().lower() == title]
+        if len(hits) > 1:
+            raise UsageError(f"several nodes are titled {title!r} ({', '.join(hits)}): "
+                             f"keep one or pass --target {role}=NODE_ID.INPUT")
+        if hits:
+            cls = wf[hits[0]]["class_type"]
+            if cls not in ROLE_INPUTS:
+                raise UsageError(f"node {hits[0]} titled {title!r} is a {cls}, whose input for it is "
+                                 f"unknown: pass --target {role}=NODE_ID.INPUT")
+            targets[role] = (hits[0], ROLE_INPUTS[cls])
+    for spec in overrides:
+        role, node, inp = parse_target(spec, wf, "--target")
+        if role not in ROLES:
+            raise UsageError(f"--target {spec!r}: unknown role {role!r} (roles: {', '.join(ROLES)})")
+        targets[role] = (node, inp)
+    return targets
+
+
+def read_list(path: str) -> list[str]:
+    """Sample ids, one a line; '#' comments, blank lines and file extensions are ignored."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read list file {path}: {e.strerror}") from None
+    ids = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            stem = Path(line).stem if Path(line).suffix else line
+            if stem not in ids:
+                ids.append(stem)
+    if not ids:
+        raise UsageError(f"list file {path} names no samples: put one sample id per line (e.g. 00013)")
+    return ids
+
+
+def sample_files(root: str, sample: str, roles) -> dict[str, Path]:
+    """Paths of the sample's files for the roles the workflow uses; a missing one is named."""
+    files = {}
+    for role in roles:
+        if role not in FILE_ROLES:
+            continue
+        _title, folder, suffix, _tag = ROLES[role]
+        path = Path(root) / folder / f"{sample}{suffix}"
+        if not path.is_file():
+            raise UsageError(f"sample {sample}: missing {role.replace('_', ' ')} file {path} "
+                             "(fix --data-root or drop the sample from --list)")
+        files[role] = path
+    return files
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise UsageError("--seeds is empty: give at least one seed, e.g. --seeds 0")
+    return seeds
+
+
+def output_name(job: Job, node: str, filename: str) -> str:
+    safe_node = node.replace(":", "-").replace("/", "-")
+    return f"{job.sample}_seed{job.seed}_{safe_node}_{os.path.basename(filename)}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write beside the target and rename, so a crash never leaves half a file under its name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Manifest:
+    """<out>/manifest.jsonl: one record per job, rewritten whole after every change."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / "manifest.jsonl"
+        self.jobs: dict[tuple[str, int], Job] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    job = Job(**json.loads(line))
+                    self.jobs[job.key] = job
+
+    def plan(self, samples: list[str], seeds: list[int]) -> list[Job]:
+        """All jobs in order; earlier records are kept, so finished work is skipped on rerun."""
+        out = []
+        for sample in samples:
+            for seed in seeds:
+                job = self.jobs.setdefault((sample, seed), Job(sample, seed))
+                if not self.finished(job):
+                    job.status, job.error, job.outputs, job.prompt_id = "pending", None, [], None
+                out.append(job)
+        return out
+
+    def finished(self, job: Job) -> bool:
+        return job.status == "done" and all((self.path.parent / o).is_file() for o in job.outputs)
+
+    def save(self) -> None:
+        lines = [json.dumps(vars(j), ensure_ascii=False) for j in self.jobs.values()]
+        atomic_write(self.path, ("\n".join(lines) + "\n").encode("utf-8"))

@@ -1,0 +1,57 @@
+"""Read and write mp4 videos with PyAV (FFmpeg), frames as ``[F, H, W, 3]`` float in [0, 1]."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+
+from .atomic import atomic_path
+from .errors import DWMError
+
+
+def read_video(path: str, name: str = "video") -> tuple[torch.Tensor, float]:
+    """All frames of the first video stream and its frame rate."""
+    if not os.path.isfile(path):
+        raise DWMError(name, f"{path} does not exist", "check the path (and the sample id in the list file)")
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise DWMError(name, f"{path} has no video stream", "pass an mp4/webm/mov video file")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 8)
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except DWMError:
+        raise
+    except (av.FFmpegError, ValueError, OSError) as err:
+        raise DWMError(name, f"cannot decode {path} ({err})",
+                       "the file is corrupt or not a video; re-export it as H.264 mp4") from err
+    if not frames:
+        raise DWMError(name, f"{path} holds no decodable frames", "re-export it as H.264 mp4")
+    video = torch.from_numpy(np.stack(frames)).float().div_(255)
+    return video, fps
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    return frames[..., :3].clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+
+
+def write_video(path: str, frames: torch.Tensor, fps: float = 8.0, crf: int = 17) -> str:
+    """Write H.264 (yuv420p) atomically; odd sizes are padded by one black pixel (H.264 needs even)."""
+    data = to_uint8(frames)
+    _, h, w, _ = data.shape
+    if h % 2 or w % 2:
+        data = np.pad(data, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    with atomic_path(path, suffix=".mp4") as tmp:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height = data.shape[2], data.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for image in data:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+    return path
