@@ -29,9 +29,10 @@ import requests
 import websocket
 from tqdm import tqdm
 
-from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, atomic_write, find_targets,
-                            load_workflow, output_name, parse_seeds, parse_target, parse_value,
-                            read_list, sample_files)
+from dwm.atomic import atomic_path
+from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, find_targets, load_workflow,
+                            output_name, parse_seeds, parse_target, parse_value, read_list,
+                            sample_files)
 
 UPLOAD_SUBFOLDER = "dwm_queue"
 BACKOFF_S = 0.5  # first retry delay; doubles each try
@@ -241,7 +242,8 @@ class Batch:
         r = self.comfy.get("/view", filename=item["filename"], subfolder=item.get("subfolder", ""),
                            type=item["type"])
         name = output_name(job, node, item["filename"])
-        atomic_write(self.out / name, r.content)
+        with atomic_path(str(self.out / name)) as tmp:
+            Path(tmp).write_bytes(r.content)
         return name
 
     def step(self) -> None:
@@ -286,6 +288,7 @@ class Batch:
                 if self.inflight:
                     self.step()
         except KeyboardInterrupt:
+            self.bar.close()
             self.cancel()
             print(f"interrupted: our queued prompts were removed; manifest {self.manifest.path}",
                   file=sys.stderr)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dwm.atomic import atomic_path
 
 # Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's,
 # the prompt and seed inputs belong to our DWMTextEncode / DWMSampler nodes.
@@ -168,18 +169,6 @@ def output_name(job: Job, node: str, filename: str) -> str:
     return f"{job.sample}_seed{job.seed}_{safe_node}_{os.path.basename(filename)}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a crash never leaves half a file under its name."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class Manifest:
     """<out>/manifest.jsonl: one record per job, rewritten whole after every change."""
 
@@ -208,4 +197,5 @@ class Manifest:
 
     def save(self) -> None:
         lines = [json.dumps(vars(j), ensure_ascii=False) for j in self.jobs.values()]
-        atomic_write(self.path, ("\n".join(lines) + "\n").encode("utf-8"))
+        with atomic_path(str(self.path)) as tmp:
+            Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")

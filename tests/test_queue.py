@@ -73,7 +73,7 @@ def test_three_jobs_collected_with_manifest(data):
         assert got["4"]["seed"] == 0 and got["4"]["steps"] == 8
         assert got["5"]["filename_prefix"] == "dwm/run"
         assert fake.uploads[f"dwm_queue/{sample}_hands.mp4"] == b"hands " + sample.encode()
-    assert not list(data["out"].glob(".*tmp"))
+    assert not list(data["out"].glob(".tmp-*"))
 
 
 def test_rerun_skips_finished_jobs(data):
