@@ -12,6 +12,12 @@ import shutil
 import tempfile
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = ""):
     """Yield a temporary file path beside ``path``; on success it replaces ``path``."""
@@ -23,6 +29,7 @@ def atomic_path(path: str, suffix: str = ""):
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -40,6 +47,7 @@ def atomic_dir(path: str):
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if os.path.exists(path):
             old = tmp + ".old"
             os.replace(path, old)

@@ -14,7 +14,6 @@ Rules (see docs/input-rules.md):
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
@@ -23,12 +22,6 @@ import torch.nn.functional as F
 from .errors import DWMError
 
 SIZE_MULTIPLE = 16
-log = logging.getLogger(__name__)
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)
-    log.warning(msg)
 
 
 def valid_frame_count(n: int) -> int:
@@ -70,10 +63,10 @@ def fit_frame_count(frames: torch.Tensor, num_frames: int | None, name: str) -> 
     else:
         target = num_frames
     if have > target:
-        _warn(f"{name}: {have} frames, using the first {target} (the VAE needs 4k+1 frames; "
-              f"{have - target} trailing frames dropped)")
+        warnings.warn(f"{name}: {have} frames, using the first {target} (the VAE needs 4k+1 frames; "
+              f"{have - target} trailing frames dropped)", stacklevel=3)
     elif have < target:
-        _warn(f"{name}: {have} frames, padded to {target} by repeating the last frame")
+        warnings.warn(f"{name}: {have} frames, padded to {target} by repeating the last frame", stacklevel=3)
     return match_length(frames, target)
 
 

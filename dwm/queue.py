@@ -205,12 +205,16 @@ class Batch:
         return wf
 
     def submit(self, job: Job) -> None:
-        res = self.comfy.queue_prompt(self.build(job), str(uuid.uuid4()))
+        wf = self.build(job)
+        # Registered before the POST, so a Ctrl-C while it is on the wire still deletes it.
+        job.prompt_id, job.status = str(uuid.uuid4()), "queued"
+        self.inflight[job.prompt_id] = job
+        res = self.comfy.queue_prompt(wf, job.prompt_id)
         if res["status"] != 200:
+            del self.inflight[job.prompt_id]
+            job.prompt_id = None
             self.finish(job, "error", error=describe_node_errors(res, self.wf))
             return
-        job.prompt_id, job.status = res["prompt_id"], "queued"
-        self.inflight[job.prompt_id] = job
         self.manifest.save()
 
     def finish(self, job: Job, status: str, error: str | None = None, outputs=()) -> None:

@@ -7,7 +7,6 @@ Embeddings are cached per base model, so a prompt is encoded once per process.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
@@ -16,7 +15,6 @@ from .model import DWMBase
 
 TEXT_TOKENS = 226
 CACHE_SIZE = 64
-log = logging.getLogger(__name__)
 
 
 def token_ids(tokenizer, prompt: str, max_length: int = TEXT_TOKENS) -> torch.Tensor:
@@ -27,7 +25,6 @@ def token_ids(tokenizer, prompt: str, max_length: int = TEXT_TOKENS) -> torch.Te
         msg = (f"prompt is {len(full)} tokens, longer than the {max_length}-token text window; "
                f"it was truncated after: ...{kept[-60:]!r}")
         warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
     ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
                     add_special_tokens=True, return_tensors="pt").input_ids
     return ids

@@ -1,0 +1,7 @@
+"""``python -m dwm``: see dwm/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""Headless command line: ``python -m dwm generate | demo | tiny-model``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .compare import side_by_side
+from .errors import DWMCancelled, DWMError
+from .model import load_base
+from .pipeline import generate
+from .sampler import SCHEDULERS, SamplerSettings
+from .video_io import read_video, write_video
+
+DEFAULT_MODEL = os.environ.get("DWM_MODEL", "alibaba-pai/CogVideoX-Fun-V1.1-5b-InP")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EPILOG = """examples:
+  python -m dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
+      --model /models/CogVideoX-Fun-V1.1-5b-InP --lora my_dwm.safetensors:1.0 --out out.mp4
+  python -m dwm generate --data-root data/ --list data/test.txt --model M --lora L --out-dir results/
+  python -m dwm demo
+"""
+
+
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``PATH[:strength]``; a trailing ``:number`` is the strength, anything else is part of the path."""
+    path, _, tail = spec.rpartition(":")
+    try:
+        return (path, float(tail)) if path else (spec, 1.0)
+    except ValueError:
+        return spec, 1.0
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, steps: int, width: int, height: int) -> None:
+    p.add_argument("--negative-prompt", default="", help="negative prompt for guidance (default empty)")
+    p.add_argument("--width", type=int, default=width)
+    p.add_argument("--height", type=int, default=height)
+    p.add_argument("--num-frames", type=int, default=49, help="4k+1 frames (0 = the videos' own length)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance; 1 = off")
+    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch", type=int, default=1, help="videos per input, seeds seed..seed+batch-1")
+    p.add_argument("--dynamic-cfg", action="store_true")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                   help="auto = bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-tiling", action="store_true", help="decode the VAE in one piece (more memory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dwm", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate interaction videos", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--static", help="static-scene video")
+    gen.add_argument("--hands", help="hand video (same camera path and frame count)")
+    gen.add_argument("--gt", help="ground-truth video, shown in the comparison video")
+    gen.add_argument("--prompt", default="", help="text prompt (empty is valid)")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help=f"base model folder or hub id (default {DEFAULT_MODEL})")
+    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                     help="DWM LoRA (file or reference folder); repeat to stack")
+    gen.add_argument("--out", help="output mp4 (single input)")
+    gen.add_argument("--compare", help="also write a side-by-side comparison mp4 here")
+    gen.add_argument("--data-root", help="dataset root in the reference layout (videos_static/, ...)")
+    gen.add_argument("--list", help="text file of sample ids under --data-root")
+    gen.add_argument("--out-dir", help="output folder for --data-root runs (existing outputs are skipped)")
+    _add_sampling_args(gen, steps=50, width=720, height=480)
+    demo = sub.add_parser("demo", help="run the whole pipeline on the bundled sample with a tiny random model")
+    demo.add_argument("--out-dir", default="out/demo")
+    demo.add_argument("--model", help="base model (default: the embedded tiny random model)")
+    demo.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]")
+    _add_sampling_args(demo, steps=10, width=240, height=160)
+    tiny = sub.add_parser("tiny-model", help="write the tiny random base in diffusers layout")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--version", choices=["1.1", "1.5"], default="1.1")
+    return parser
+
+
+def _runtime(args) -> tuple[str, str]:
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = args.precision
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else "bf16"
+    return device, precision
+
+
+def _settings(args) -> SamplerSettings:
+    return SamplerSettings(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+                           seed=args.seed, batch=args.batch, dynamic_cfg=args.dynamic_cfg)
+
+
+def _output_paths(out: str, batch: int, seed: int) -> list[str]:
+    if batch == 1:
+        return [out]
+    stem, ext = os.path.splitext(out)
+    return [f"{stem}_seed{seed + i}{ext or '.mp4'}" for i in range(batch)]
+
+
+def run_one(base, loras, args, static: str, hands: str, prompt: str, out: str,
+            compare: str | None = None, gt: str | None = None, label: str = "") -> None:
+    """Generate one input's videos with a step progress bar and write them (and the comparison)."""
+    static_frames, fps = read_video(static, "static video")
+    hand_frames, _ = read_video(hands, "hand video")
+    settings = _settings(args)
+    with tqdm(total=settings.steps, desc=label or os.path.basename(out), unit="step", leave=False) as bar:
+        videos = generate(base, static_frames, hand_frames, prompt, args.negative_prompt, loras, settings,
+                          args.width, args.height, args.num_frames or None, tiling=not args.no_tiling,
+                          on_step=lambda i, n, _: bar.update(1))
+    for path, video in zip(_output_paths(out, settings.batch, settings.seed), videos):
+        write_video(path, video, fps)
+    if compare:
+        panels = [static_frames, hand_frames, videos[0]]
+        if gt:
+            panels.append(read_video(gt, "ground-truth video")[0])
+        write_video(compare, side_by_side(panels, height=args.height), fps)
+
+
+def read_list(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise DWMError("--list", f"{path} does not exist", "pass a text file with one sample id per line")
+    with open(path, encoding="utf-8") as fh:
+        ids = [os.path.splitext(line.strip())[0] for line in fh if line.strip() and not line.startswith("#")]
+    if not ids:
+        raise DWMError("--list", f"{path} lists no sample ids", "write one sample id (file stem) per line")
+    return ids
+
+
+def read_prompt(root: str, sample: str) -> str:
+    path = os.path.join(root, "prompts", sample + ".txt")
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().strip()
+
+
+def run_dataset(base, loras, args) -> None:
+    """Every listed sample in the reference layout; outputs that exist are skipped, so reruns resume."""
+    if not args.out_dir:
+        raise DWMError("--out-dir", "missing", "pass --out-dir for --data-root runs")
+    ids = read_list(args.list)
+    for sample in tqdm(ids, desc="samples", unit="sample"):
+        out = os.path.join(args.out_dir, sample + ".mp4")
+        if os.path.isfile(out):
+            continue
+        gt = os.path.join(args.data_root, "videos", sample + ".mp4")
+        run_one(base, loras, args, os.path.join(args.data_root, "videos_static", sample + ".mp4"),
+                os.path.join(args.data_root, "videos_hands", sample + ".mp4"), read_prompt(args.data_root, sample),
+                out, os.path.join(args.out_dir, sample + "_compare.mp4"), gt if os.path.isfile(gt) else None, sample)
+
+
+def cmd_generate(args) -> None:
+    if not args.data_root and not (args.static and args.hands and args.out):
+        raise DWMError("generate", "no input given", "pass --static, --hands and --out, or --data-root and --list")
+    if args.data_root and not args.list:
+        raise DWMError("--list", "missing", "pass --list with the sample ids to run under --data-root")
+    device, precision = _runtime(args)
+    base = load_base(args.model, precision, device)
+    loras = [(load_checkpoint(path), strength) for path, strength in map(parse_lora, args.lora)]
+    if args.data_root:
+        run_dataset(base, loras, args)
+    else:
+        run_one(base, loras, args, args.static, args.hands, args.prompt, args.out, args.compare, args.gt)
+        print(f"wrote {args.out}")
+
+
+def cmd_demo(args) -> None:
+    from .tiny import default_tiny_model
+
+    sample = os.path.join(EXAMPLES, "00055")
+    model = args.model or default_tiny_model()
+    device, precision = _runtime(args)
+    if not args.model:
+        print("DWM demo on a tiny RANDOM-WEIGHT model: the pipeline runs end to end, but the output video "
+              "is noise-like and means nothing. For real results train a DWM LoRA (see README, Training) "
+              "and run: python -m dwm generate --model <CogVideoX-Fun-5b-InP folder> --lora <your LoRA> ...")
+    base = load_base(model, precision, device)
+    loras = [(load_checkpoint(path), strength) for path, strength in map(parse_lora, args.lora)]
+    os.makedirs(args.out_dir, exist_ok=True)
+    out, compare = os.path.join(args.out_dir, "output.mp4"), os.path.join(args.out_dir, "compare.mp4")
+    with open(os.path.join(sample, "prompt.txt"), encoding="utf-8") as fh:
+        prompt = fh.read().strip()
+    run_one(base, loras, args, os.path.join(sample, "static.mp4"), os.path.join(sample, "hands.mp4"),
+            prompt, out, compare, os.path.join(sample, "ground_truth.mp4"), "demo")
+    print(f"wrote {out} and {compare} (static | hands | output | ground truth)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if args.command == "tiny-model":
+            from .tiny import make_tiny_model
+
+            print(f"wrote {make_tiny_model(args.out, args.version)}")
+        elif args.command == "demo":
+            cmd_demo(args)
+        else:
+            cmd_generate(args)
+    except DWMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DWMCancelled as err:
+        print(f"cancelled: {err}", file=sys.stderr)
+        return 130
+    except torch.cuda.OutOfMemoryError:
+        print("error: out of GPU memory. Fix: lower --width/--height or --batch, keep VAE tiling on, "
+              "or use --precision bf16", file=sys.stderr)
+        return 3
+    return 0

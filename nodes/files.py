@@ -1,0 +1,95 @@
+"""Find base models and DWM LoRAs in the host's model folders by what the files hold, not their names.
+
+A base is a folder whose ``transformer/config.json`` declares a CogVideoX transformer. A DWM LoRA is
+a reference output folder (it holds ``pytorch_lora_weights.safetensors``) or a ``.safetensors``
+file whose header lists the widened patch projection. Choices are paths relative to their root,
+with ``/`` separators, so saved workflows work across operating systems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from dwm.checkpoint import LORA_FILE, PREFIX, PROJ_KEYS
+from dwm.errors import DWMError
+from safetensors import safe_open
+
+from . import host
+
+TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
+BASE_DEPTH = 2  # models/dwm/<name> or models/dwm/<owner>/<name>
+_header_cache: dict[str, tuple[float, bool]] = {}
+
+
+def is_base_folder(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("_class_name") == TRANSFORMER_CLASS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_dwm_file(path: str) -> bool:
+    """True when the safetensors header holds ``patch_embed.proj.weight`` (cached by mtime)."""
+    try:
+        mtime = os.path.getmtime(path)
+        cached = _header_cache.get(path)
+        if cached is None or cached[0] != mtime:
+            with safe_open(path, framework="pt") as fh:
+                keys = set(fh.keys())
+            wanted = PROJ_KEYS[0]
+            _header_cache[path] = (mtime, wanted in keys or PREFIX + wanted in keys)
+        return _header_cache[path][1]
+    except Exception:  # unreadable or not safetensors: simply not a DWM LoRA
+        return False
+
+
+def _rel(root: str, path: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _base_names(root: str, path: str, depth: int) -> list[str]:
+    if is_base_folder(path):
+        return [_rel(root, path)]
+    if depth == 0:
+        return []
+    try:
+        entries = sorted(e.path for e in os.scandir(path) if e.is_dir())
+    except OSError:
+        return []
+    return [name for entry in entries for name in _base_names(root, entry, depth - 1)]
+
+
+def base_choices() -> list[str]:
+    names = [n for root in host.model_roots(host.BASE_FOLDERS) for n in _base_names(root, root, BASE_DEPTH)]
+    return sorted(dict.fromkeys(names))
+
+
+def lora_choices() -> list[str]:
+    names = []
+    for root in host.model_roots(host.LORA_FOLDERS):
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            if LORA_FILE in files:
+                names.append(_rel(root, folder))
+                dirs.clear()
+                continue
+            names += [_rel(root, os.path.join(folder, f)) for f in files
+                      if f.endswith(".safetensors") and is_dwm_file(os.path.join(folder, f))]
+    return sorted(dict.fromkeys(names))
+
+
+def _resolve(name: str, folders: tuple[str, ...], what: str, where: str) -> str:
+    for root in host.model_roots(folders):
+        path = os.path.join(root, *name.split("/"))
+        if os.path.exists(path):
+            return path
+    raise DWMError(what, f"{name!r} is not in {where}", f"put it in ComfyUI/models/{where} and refresh the page")
+
+
+def resolve_base(name: str) -> str:
+    return _resolve(name, host.BASE_FOLDERS, "model", "dwm/")
+
+
+def resolve_lora(name: str) -> str:
+    return _resolve(name, host.LORA_FOLDERS, "lora", "loras/")

@@ -1,0 +1,100 @@
+"""Everything the nodes ask of ComfyUI: model folders, memory management, progress, interrupts.
+
+Each function degrades to a no-op when ComfyUI is absent, so the nodes import and run in the tests
+and in headless tools. Nothing else in ``nodes/`` imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+    import folder_paths
+    from comfy.cli_args import LatentPreviewMethod, args
+except ImportError:  # no ComfyUI: tests and headless use
+    mm = folder_paths = None
+
+BASE_FOLDERS = ("dwm", "diffusers", "diffusion_models")
+LORA_FOLDERS = ("loras",)
+DEVICE_CHOICES = ("auto", "cpu")
+# Per component: the host's (load device, offload device) functions for device "auto".
+_HOST_DEVICES = {"transformer": ("get_torch_device", "unet_offload_device"),
+                 "vae": ("vae_device", "vae_offload_device"),
+                 "text_encoder": ("text_encoder_device", "text_encoder_offload_device")}
+
+if folder_paths is not None:
+    folder_paths.add_model_folder_path("dwm", os.path.join(folder_paths.models_dir, "dwm"))
+
+
+def model_roots(folders: tuple[str, ...]) -> list[str]:
+    """Existing directories registered with the host under the given folder names."""
+    if folder_paths is None:
+        return []
+    roots = [p for name in folders for p in folder_paths.get_folder_paths(name)]
+    return [p for p in dict.fromkeys(roots) if os.path.isdir(p)]
+
+
+class Managed(torch.nn.Module):
+    """A plain container that ModelPatcher can move and account for.
+
+    ModelPatcher writes ``model.device``; diffusers and transformers models expose ``device`` as a
+    read-only property, so they are wrapped rather than patched.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+        self.device = next(module.parameters()).device
+
+
+def patchers(holders: dict[str, Managed], device: str) -> dict | None:
+    """One ModelPatcher per component for the device choice (None without ComfyUI).
+
+    Patchers for "auto" and "cpu" share the holders, so the host sees them as clones of one model and
+    moves the weights when the choice changes instead of tracking two copies.
+    """
+    if mm is None:
+        return None
+    out = {}
+    for name, holder in holders.items():
+        if device == "cpu":
+            load = offload = torch.device("cpu")
+        else:
+            load_fn, offload_fn = _HOST_DEVICES[name]
+            load, offload = getattr(mm, load_fn)(), getattr(mm, offload_fn)()
+        out[name] = comfy.model_patcher.ModelPatcher(holder, load_device=load, offload_device=offload)
+    return out
+
+
+def load(patcher_map: dict | None, *names: str) -> None:
+    """Ask the host to put these components on their load device, evicting others if needed."""
+    if patcher_map is not None:
+        mm.load_models_gpu([patcher_map[n] for n in names], force_full_load=True)
+
+
+def check_interrupted() -> None:
+    """Raise the host's own interrupt exception when the user pressed Cancel."""
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def free_cache() -> None:
+    if mm is not None:
+        mm.soft_empty_cache()
+
+
+def progress_bar(total: int):
+    """The host's progress bar (its hook also raises on Cancel), or None without ComfyUI."""
+    return comfy.utils.ProgressBar(total) if mm is not None else None
+
+
+def preview_size() -> int | None:
+    """Max preview edge in pixels, or None when the host (or the user's setting) wants no previews."""
+    if mm is None or args.preview_method == LatentPreviewMethod.NoPreviews:
+        return None
+    return args.preview_size
