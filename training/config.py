@@ -1,0 +1,131 @@
+"""Training configuration: one flat dataclass, filled from a YAML file, then from ``--key value`` flags.
+
+Defaults are the reference recipe (docs/training.md lists where each value comes from), so a run with
+only the data paths set trains what the paper trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+import yaml
+
+from dwm.errors import DWMError
+
+
+@dataclass
+class TrainConfig:
+    # data and model
+    model: str = "alibaba-pai/CogVideoX-Fun-V1.1-5b-InP"
+    data_root: str = "data"
+    train_list: str = "train.txt"
+    validation_list: str = ""
+    output_dir: str = "outputs/dwm_cogvideox_5b_lora"
+    width: int = 720
+    height: int = 480
+    num_frames: int = 49
+    dataloader_num_workers: int = 2
+    # recipe
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    lora_target_modules: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    lr_scheduler: str = "cosine_with_restarts"
+    lr_num_cycles: int = 1
+    lr_warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = True
+    allow_tf32: bool = True
+    train_batch_size: int = 7
+    gradient_accumulation_steps: int = 2
+    max_train_steps: int = 15000
+    seed: int = 42
+    prompt_dropout: float = 0.0
+    hand_dropout: float = 0.0
+    # checkpoints, validation, logging
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int = 3
+    resume: str = ""
+    validation_steps: int = 500
+    num_validation_videos: int = 2
+    validation_inference_steps: int = 50
+    validation_guidance: float = 6.0
+    validation_seed: int = 42
+    validation_fps: float = 8.0
+    report_to: str = "tensorboard"
+    dreamsim_cache: str = ""
+
+    def check(self) -> None:
+        """Catch values that would only fail hours into a run."""
+        if (self.num_frames - 1) % 4:
+            raise DWMError("num_frames", f"{self.num_frames} is not of the form 4k+1", "use 49 (the paper's) or 4k+1")
+        for name in ("width", "height"):
+            if getattr(self, name) % 16:
+                raise DWMError(name, f"{getattr(self, name)} is not a multiple of 16", "use e.g. 720x480")
+        for name in ("prompt_dropout", "hand_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DWMError(name, f"{getattr(self, name)} is not a probability", "use a value in [0, 1]")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise DWMError("mixed_precision", repr(self.mixed_precision), "use bf16 (the recipe), fp16 or no")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                     "validation_steps"):
+            if getattr(self, name) < 1:
+                raise DWMError(name, f"{getattr(self, name)} is below 1", "use a positive value")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _parse_list(text) -> list:
+    return [x.strip() for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+
+
+PARSERS = {"int": int, "float": float, "str": str, "bool": _parse_bool, "list": _parse_list}
+
+
+def _coerce(name: str, kind: str, value):
+    try:
+        return PARSERS[kind](value)
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+        raise DWMError(name, f"cannot read {value!r} as {kind}", f"give a {kind} value") from err
+
+
+def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
+    """YAML file (flat keys, or one level of sections which are merged) then overrides, then checks."""
+    values: dict = {}
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+        for key, value in raw.items():
+            values.update(value if isinstance(value, dict) else {key: value})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise DWMError("config", f"unknown keys {unknown}", f"valid keys: {', '.join(kinds)}")
+    cfg = TrainConfig(**{k: _coerce(k, kinds[k], v) for k, v in values.items()})
+    cfg.check()
+    return cfg
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """``--config FILE`` plus one ``--<key> VALUE`` flag per config field."""
+    parser = argparse.ArgumentParser(description="Train a DWM LoRA (see docs/training.md)")
+    parser.add_argument("--config", default=None, help="YAML file with config keys")
+    for f in dataclasses.fields(TrainConfig):
+        parser.add_argument(f"--{f.name}", default=None, help=f"({f.type}) overrides the config file")
+    args = vars(parser.parse_args(argv))
+    return load_config(args.pop("config"), args)

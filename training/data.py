@@ -1,0 +1,168 @@
+"""Dataset in the reference layout, with precomputed latents when present and videos otherwise.
+
+A list file holds one sample per line: a video path relative to the data root, as the reference
+writes it (``realworld_dynamic/videos/00055.mp4``), or a bare id (``00055`` = ``videos/00055.mp4``).
+The folder above ``videos/`` is the sample's root; the same stem names its files in
+
+  ``videos/ videos_static/ videos_hands/`` (.mp4), ``prompts_rewrite/`` or else ``prompts/`` (.txt),
+  ``video_latents/ static_video_latents/ hand_video_latents/ prompt_embeds_rewrite/`` (.pt).
+
+Latent files hold what the reference's encoder writes: the VAE's latent *distribution* parameters
+(mean and log-variance, ``[32, F_lat, H/8, W/8]``, unscaled); a fresh sample is drawn from them at
+every training step with the run's generator. Prompt files hold T5 embeddings ``[226, D]``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from dwm.errors import DWMError
+from dwm.frames import prepare_frames
+from dwm.model import LATENT_CHANNELS
+from dwm.text import TEXT_TOKENS
+from dwm.video_io import read_video
+
+VIDEO_DIRS = {"video": "videos", "static": "videos_static", "hands": "videos_hands"}
+LATENT_DIRS = {"video": "video_latents", "static": "static_video_latents", "hands": "hand_video_latents"}
+PROMPT_DIRS = ("prompts_rewrite", "prompts")
+PROMPT_EMBED_DIR = "prompt_embeds_rewrite"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # the list file's line
+    root: str  # folder holding videos/, videos_static/, ...
+    stem: str
+
+    def video(self, key: str) -> str:
+        return os.path.join(self.root, VIDEO_DIRS[key], self.stem + ".mp4")
+
+    def latents(self, key: str) -> str:
+        return os.path.join(self.root, LATENT_DIRS[key], self.stem + ".pt")
+
+    def prompt_embeds(self) -> str:
+        return os.path.join(self.root, PROMPT_EMBED_DIR, self.stem + ".pt")
+
+    def prompt_file(self) -> str | None:
+        for folder in PROMPT_DIRS:
+            path = os.path.join(self.root, folder, self.stem + ".txt")
+            if os.path.isfile(path):
+                return path
+        return None
+
+    def error(self, problem: str, fix: str) -> DWMError:
+        return DWMError(f"sample {self.name}", problem, fix)
+
+
+def read_list(data_root: str, list_file: str) -> list[Sample]:
+    """Samples of a list file (resolved as given, else under the data root), in file order."""
+    path = list_file if os.path.isfile(list_file) else os.path.join(data_root, list_file)
+    if not os.path.isfile(path):
+        raise DWMError("list file", f"{list_file} does not exist (nor under {data_root})",
+                       "pass a text file with one sample per line, e.g. realworld_dynamic/videos/00055.mp4")
+    with open(path, encoding="utf-8") as fh:
+        lines = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
+    if not lines:
+        raise DWMError("list file", f"{path} lists no samples", "add one sample per line (a video path or an id)")
+    samples = []
+    for line in lines:
+        video = line if line.endswith(".mp4") else os.path.join(VIDEO_DIRS["video"], line + ".mp4")
+        video = os.path.join(data_root, video)
+        samples.append(Sample(line, os.path.dirname(os.path.dirname(video)), os.path.splitext(os.path.basename(video))[0]))
+    return samples
+
+
+def read_prompt(sample: Sample) -> str:
+    """The prompt text; a sample with no prompt file trains with the empty prompt (valid in DWM)."""
+    path = sample.prompt_file()
+    if path is None:
+        return ""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise sample.error(f"cannot read {path} ({err})", "save the prompt as UTF-8 text") from err
+
+
+def latent_shape(width: int, height: int, num_frames: int) -> tuple:
+    """Shape of a latent-distribution file for this size: mean and log-variance stacked."""
+    return (2 * LATENT_CHANNELS, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+
+
+def load_tensor(sample: Sample, path: str) -> torch.Tensor:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise sample.error(f"cannot read {path} ({type(err).__name__}: {err})",
+                           "delete the file and run `python -m training.prepare` again") from err
+
+
+def check_shape(sample: Sample, path: str, tensor, expected: tuple, what: str, fix: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise sample.error(f"{path} holds a {type(tensor).__name__}, not a tensor", fix)
+    if tensor.ndim == len(expected) + 1 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tuple(tensor.shape) != tuple(expected):
+        raise sample.error(f"{path} has shape {list(tensor.shape)}, expected {list(expected)} ({what})", fix)
+    if not torch.is_floating_point(tensor):
+        raise sample.error(f"{path} holds {tensor.dtype} values, not floats", fix)
+    return tensor
+
+
+class DWMDataset(Dataset):
+    """Items: ``name``, ``video``/``static``/``hands`` (latent-distribution ``[32, F, h, w]`` or frames
+    ``[3, F, H, W]`` in [-1, 1] when not precomputed) and ``prompt`` (embedding ``[226, D]`` or text)."""
+
+    def __init__(self, samples: list[Sample], width: int, height: int, num_frames: int, text_dim: int):
+        self.samples, self.width, self.height, self.num_frames = samples, width, height, num_frames
+        self.text_dim = text_dim
+        self.check_files()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def check_files(self) -> None:
+        """Fail before training starts when a sample lacks both its latents and its video."""
+        for sample in self.samples:
+            for key in VIDEO_DIRS:
+                if not os.path.isfile(sample.latents(key)) and not os.path.isfile(sample.video(key)):
+                    raise sample.error(f"{sample.video(key)} does not exist (and no {sample.latents(key)})",
+                                       "check the list file and the data root, or remove the sample")
+
+    def _video(self, sample: Sample, key: str) -> torch.Tensor:
+        path = sample.latents(key)
+        if os.path.isfile(path):
+            expected = latent_shape(self.width, self.height, self.num_frames)
+            return check_shape(sample, path, load_tensor(sample, path), expected,
+                               f"CogVideoX VAE latent distribution of {self.num_frames} frames at "
+                               f"{self.width}x{self.height}",
+                               "run `python -m training.prepare` with the same --width/--height/--num-frames "
+                               "(delete the stale .pt files first), or train at the size they were made for")
+        try:
+            frames, _ = read_video(sample.video(key), name=f"sample {sample.name} {VIDEO_DIRS[key]}")
+            return prepare_frames(frames, self.width, self.height, self.num_frames, f"{sample.name} {key}")
+        except DWMError as err:
+            raise sample.error(err.problem, err.fix) from err
+
+    def _prompt(self, sample: Sample):
+        path = sample.prompt_embeds()
+        if not os.path.isfile(path):
+            return read_prompt(sample)
+        return check_shape(sample, path, load_tensor(sample, path), (TEXT_TOKENS, self.text_dim),
+                           "T5 embedding of the loaded base", "the embeddings come from another text encoder: "
+                           "run `python -m training.prepare` with this base (delete the old prompt_embeds_rewrite/)")
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        item = {key: self._video(sample, key) for key in VIDEO_DIRS}
+        item.update(name=sample.name, prompt=self._prompt(sample))
+        return item
+
+
+def collate(items: list[dict]) -> list[dict]:
+    """Keep items apart: a batch may mix precomputed and on-the-fly samples."""
+    return items

@@ -1,0 +1,99 @@
+"""Precompute VAE latents and T5 prompt embeddings in the reference layout.
+
+``[accelerate launch] python -m training.prepare --data-root R --list L --model M``
+
+Per sample it writes ``video_latents/``, ``static_video_latents/``, ``hand_video_latents/`` (the VAE's
+latent distribution ``[32, F_lat, H/8, W/8]``: mean and log-variance, unscaled, in the model dtype, as
+the reference's encoder stores them; training draws a fresh sample from it each step with the run's
+seeded generator) and ``prompt_embeds_rewrite/`` (``[226, D]``) beside the videos. Existing files are
+skipped, every file is written atomically, and under ``accelerate launch`` each process takes every
+n-th sample. Videos are brought to the size and frame count by ``dwm.frames.prepare_frames`` (the same
+rule as generation). Failing samples are listed at the end and give exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from dwm.atomic import atomic_path
+from dwm.errors import DWMError
+from dwm.frames import prepare_frames
+from dwm.model import load_base
+from dwm.scene import configure_vae
+from dwm.text import encode_prompt
+from dwm.video_io import read_video
+
+from .batch import latent_distribution
+from .data import VIDEO_DIRS, Sample, read_list, read_prompt
+
+
+def save_tensor(tensor: torch.Tensor, path: str) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(tensor.detach().to("cpu").contiguous(), tmp)
+
+
+def prepare_sample(base, sample: Sample, width: int, height: int, num_frames: int) -> int:
+    """Write the sample's missing files; returns how many were written."""
+    written = 0
+    for key, folder in VIDEO_DIRS.items():
+        out = sample.latents(key)
+        if os.path.isfile(out):
+            continue
+        frames, _ = read_video(sample.video(key), name=f"sample {sample.name} {folder}")
+        video = prepare_frames(frames, width, height, num_frames, f"{sample.name} {folder}")
+        save_tensor(latent_distribution(base.vae, video), out)
+        written += 1
+    if not os.path.isfile(sample.prompt_embeds()):
+        save_tensor(encode_prompt(base, read_prompt(sample))[0], sample.prompt_embeds())
+        written += 1
+    return written
+
+
+def prepare(data_root: str, list_file: str, model: str, width: int = 720, height: int = 480,
+            num_frames: int = 49, dtype: str = "bf16") -> list[str]:
+    """This process's share of the samples; returns the error lines (empty when all went well)."""
+    state = PartialState()
+    samples = read_list(data_root, list_file)[state.process_index::state.num_processes]
+    base = load_base(model, dtype, "cpu")  # the transformer is not needed: only the encoders move
+    base.vae.to(state.device)
+    base.text_encoder.to(state.device)
+    configure_vae(base.vae, tiling=True, slicing=True)
+    errors, written = [], 0
+    bar = tqdm(samples, desc=f"prepare [{state.process_index + 1}/{state.num_processes}]",
+               position=state.process_index, dynamic_ncols=True)
+    for sample in bar:
+        try:
+            written += prepare_sample(base, sample, width, height, num_frames)
+        except DWMError as err:
+            errors.append(str(err))
+        bar.set_postfix(written=written, errors=len(errors))
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Precompute DWM training latents and prompt embeddings")
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--list", required=True, help="list file: one video path (or id) per line")
+    parser.add_argument("--model", required=True, help="CogVideoX-Fun InP base (folder or hub id)")
+    parser.add_argument("--width", type=int, default=720)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--num-frames", type=int, default=49)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    args = parser.parse_args(argv)
+    try:
+        errors = prepare(args.data_root, args.list, args.model, args.width, args.height, args.num_frames, args.dtype)
+    except DWMError as err:
+        errors = [str(err)]
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

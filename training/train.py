@@ -1,0 +1,275 @@
+"""Train a DWM LoRA: ``accelerate launch -m training.train --config FILE [--key value ...]``.
+
+One process per GPU (or ``--cpu``); accelerate shards the data, seeds each rank (``seed + rank`` for the
+training generator, the same ``seed`` for the shared data order) and averages gradients. Only the main
+process writes exports, logs and validation videos. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration,
+                              gather_object, set_seed)
+from diffusers import CogVideoXDDIMScheduler
+from diffusers.optimization import get_scheduler
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dwm.atomic import atomic_dir
+from dwm.checkpoint import save_checkpoint_file, save_reference_folder
+from dwm.errors import DWMError
+from dwm.metrics import all_metrics
+from dwm.model import DTYPES, load_base
+from dwm.sampler import SamplerSettings
+from dwm.scene import configure_vae
+
+from . import checkpointing
+from .batch import make_step_inputs
+from .config import TrainConfig, parse_args
+from .data import DWMDataset, collate, read_list
+from .lora_setup import make_trainable, to_checkpoint
+from .loss import training_loss
+from .plot import FIELDS, LOSS_CSV, plot_loss
+from .validate import validate
+
+PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+@dataclass
+class RunResult:
+    step: int
+    output_dir: str
+    final_lora: str  # single-file export of the last step
+    losses: list[float]
+
+
+class LossLog:
+    """``logs/loss.csv`` on the main process; on resume rows after the resumed step are dropped."""
+
+    def __init__(self, output_dir: str, resumed_step: int):
+        self.path = os.path.join(output_dir, LOSS_CSV)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        rows = []
+        if resumed_step and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as fh:
+                rows = [r for r in csv.DictReader(fh) if float(r["step"]) <= resumed_step]
+        with open(self.path, "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=FIELDS).writerow(row)
+
+
+class Trainer:
+    """Holds the run's objects; ``run()`` is the loop."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        plugin = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=plugin,
+            log_with=None if cfg.report_to in ("", "none") else cfg.report_to,
+            project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                                logging_dir=os.path.join(cfg.output_dir, "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+        set_seed(cfg.seed)  # identical LoRA init on every rank
+        if cfg.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.dtype = DTYPES[PRECISION[cfg.mixed_precision]]
+        self.base = load_base(cfg.model, self.dtype, self.acc.device)
+        configure_vae(self.base.vae, tiling=True, slicing=True)
+        self.params = make_trainable(self.base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules,
+                                     cfg.gradient_checkpointing)
+        text_dim = self.base.transformer.config.text_embed_dim
+        dataset = DWMDataset(read_list(cfg.data_root, cfg.train_list), cfg.width, cfg.height, cfg.num_frames, text_dim)
+        loader = DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=cfg.dataloader_num_workers)
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+        # Stepped by hand once per optimizer step (accelerate would step it once per process).
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=cfg.max_train_steps, num_cycles=cfg.lr_num_cycles)
+        self.model, self.optimizer, self.loader = self.acc.prepare(self.base.transformer, optimizer, loader)
+        self.acc.register_for_checkpointing(self.lr_scheduler)
+        self.scheduler = CogVideoXDDIMScheduler.from_config(self.base.scheduler_config)
+        self.generator = torch.Generator().manual_seed(cfg.seed + self.acc.process_index)
+        self.validation = (read_list(cfg.data_root, cfg.validation_list)[: cfg.num_validation_videos]
+                           if cfg.validation_list and cfg.num_validation_videos > 0 else [])
+        self.name = os.path.basename(os.path.normpath(cfg.output_dir))
+        self.step = 0
+
+    # -- exports ---------------------------------------------------------------------------------
+    def export(self, folder: str | None) -> str:
+        """Reference-format files + our single file into ``folder``. Every rank calls it (gathering the
+        weights may be a collective, e.g. under FSDP); only the main process writes."""
+        state = self.acc.get_state_dict(self.model)
+        name = f"{self.name}-step{self.step}.safetensors"
+        if not self.acc.is_main_process:
+            return name
+        ckpt = to_checkpoint(self.base.transformer, state, self.cfg.lora_rank, self.cfg.lora_alpha,
+                             f"{self.cfg.output_dir} step {self.step}")
+        save_checkpoint_file(ckpt, os.path.join(folder, name), dtype=self.dtype)
+        reference = os.path.join(folder, ".reference")
+        save_reference_folder(ckpt, reference, dtype=self.dtype)
+        for part in os.listdir(reference):
+            os.replace(os.path.join(reference, part), os.path.join(folder, part))
+        os.rmdir(reference)
+        return name
+
+    def save_checkpoint(self) -> None:
+        checkpointing.save(self.acc, self.cfg.output_dir, self.step, self.generator, self.export,
+                           self.cfg.checkpoints_total_limit)
+
+    def resume(self) -> None:
+        folder = checkpointing.resolve_resume(self.cfg.resume, self.cfg.output_dir)
+        if folder is None:
+            if self.cfg.resume:
+                self.acc.print(f"--resume {self.cfg.resume}: no checkpoint in {self.cfg.output_dir}, starting fresh")
+            return
+        self.step = checkpointing.load(self.acc, folder, self.generator)
+        self.acc.print(f"resumed from {folder} at step {self.step}")
+
+    # -- loop ------------------------------------------------------------------------------------
+    def batches(self):
+        """Micro-batches forever, continuing the data order exactly where ``self.step`` left it."""
+        consumed = self.step * self.cfg.gradient_accumulation_steps
+        while True:
+            epoch, skip = divmod(consumed, len(self.loader))
+            self.loader.set_epoch(epoch)
+            loader = self.acc.skip_first_batches(self.loader, skip) if skip else self.loader
+            for items in loader:
+                consumed += 1
+                yield items
+
+    def micro_step(self, items: list[dict]) -> torch.Tensor:
+        cfg = self.cfg
+        with self.acc.accumulate(self.model):
+            inputs = make_step_inputs(self.base, items, self.generator, self.acc.device, self.dtype,
+                                      cfg.prompt_dropout, cfg.hand_dropout)
+            loss = training_loss(self.model, self.base.transformer, self.scheduler, inputs.latents, inputs.static,
+                                 inputs.hands, inputs.prompt_embeds, self.base.scaling_factor, self.generator)
+            self.acc.backward(loss)
+            if self.acc.sync_gradients:
+                self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def check_finite(self, loss: float) -> None:
+        if torch.isfinite(torch.tensor(loss)):
+            return
+        done = checkpointing.list_checkpoints(self.cfg.output_dir)
+        last = done[-1][1] if done else "none (no checkpoint was written yet)"
+        raise DWMError("training", f"the loss became {loss} at step {self.step}; stopped without saving. "
+                       f"Last good checkpoint: {last}",
+                       "check the data of this run (NaN/inf in latents or videos), or lower --learning_rate; "
+                       "then continue with --resume latest")
+
+    def run_validation(self) -> None:
+        if not self.validation or not self.acc.is_main_process:
+            return
+        cfg = self.cfg
+        settings = SamplerSettings(steps=cfg.validation_inference_steps, guidance=cfg.validation_guidance,
+                                   seed=cfg.validation_seed)
+        folder = os.path.join(cfg.output_dir, "validation", f"step-{self.step}")
+        with self.acc.autocast():
+            scores = validate(self.base, self.validation, self.metrics, folder, cfg.width, cfg.height,
+                              cfg.num_frames, settings, cfg.validation_fps)
+        self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=self.step)
+        self.acc.print(f"validation step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    def check_ranks_in_sync(self) -> str:
+        """Every rank must end with the same weights; a mismatch means a broken distributed setup."""
+        digest = hashlib.sha256()
+        for p in self.params:
+            digest.update(p.detach().float().cpu().numpy().tobytes())
+        digests = gather_object([digest.hexdigest()])
+        if len(set(digests)) != 1:
+            raise DWMError("training", f"the {len(digests)} ranks ended with different weights {digests}",
+                           "check the accelerate config (every rank must run the same code and data sharding)")
+        return f"trained weights identical on {len(digests)} rank(s) (sha256 {digests[0][:12]})"
+
+    def run(self) -> RunResult:
+        cfg, acc = self.cfg, self.acc
+        self.resume()
+        main = acc.is_main_process
+        log = LossLog(cfg.output_dir, self.step) if main else None
+        if main:
+            acc.init_trackers(self.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+        self.metrics = all_metrics(cfg.dreamsim_cache, acc.print) if self.validation and main else {}
+        self.model.train()
+        losses, pending, started = [], [], time.time()
+        samples_per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
+        bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", disable=not main, dynamic_ncols=True)
+        batches = self.batches()
+        while self.step < cfg.max_train_steps:
+            pending.append(self.micro_step(next(batches)))
+            if not acc.sync_gradients:
+                continue
+            self.lr_scheduler.step()
+            self.step += 1
+            loss = acc.reduce(torch.stack(pending).mean(), reduction="mean").item()
+            pending = []
+            self.check_finite(loss)
+            now = time.time()
+            row = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                   "samples_per_s": samples_per_step / max(now - started, 1e-9)}
+            started = now
+            losses.append(loss)
+            acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
+            if main:
+                log.append(row)
+            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.2e}")
+            bar.update(1)
+            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+                self.save_checkpoint()
+            if self.validation and self.step % cfg.validation_steps == 0:
+                self.run_validation()
+        bar.close()
+        return self.finish(losses)
+
+    def finish(self, losses: list[float]) -> RunResult:
+        cfg, acc = self.cfg, self.acc
+        acc.print(self.check_ranks_in_sync())
+        final = os.path.join(cfg.output_dir, "final")
+        with atomic_dir(final) if acc.is_main_process else contextlib.nullcontext() as tmp:
+            name = self.export(tmp)
+        if self.step % cfg.validation_steps:
+            self.run_validation()
+        if acc.is_main_process:
+            png = plot_loss(cfg.output_dir)
+            acc.print(f"done at step {self.step}. LoRA for ComfyUI/models/loras/: {os.path.join(final, name)}"
+                      + (f"; loss curve: {png}" if png else ""))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return RunResult(self.step, cfg.output_dir, os.path.join(final, name), losses)
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    return Trainer(cfg).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except DWMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

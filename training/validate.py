@@ -1,0 +1,67 @@
+"""Validation during training: the nodes' own sampler (``dwm.pipeline.generate``) on held-out samples.
+
+For each validation sample it writes ``<name>.mp4`` (the generation) and ``<name>-compare.mp4``
+(static | hands | generation | ground truth) under ``validation/step-<N>/`` and returns PSNR/SSIM
+(and LPIPS/DreamSim when available) against the ground-truth video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from dwm.compare import side_by_side
+from dwm.frames import prepare_frames
+from dwm.model import DWMBase
+from dwm.pipeline import generate
+from dwm.sampler import SamplerSettings
+from dwm.video_io import read_video, write_video
+
+from .data import Sample, read_prompt
+
+
+@contextlib.contextmanager
+def trained_as_base(base: DWMBase):
+    """Run ``generate`` on the weights being trained.
+
+    ``generate`` re-applies LoRAs and resets ``patch_embed.proj`` to ``base.base_proj`` blended with
+    them; with no LoRAs passed, pointing ``base_proj`` at the trained projection keeps it, and the
+    training adapter (not one the engine installed) stays active.
+    """
+    proj = base.transformer.patch_embed.proj
+    saved = base.base_proj
+    base.base_proj = {k: getattr(proj, k).detach().to("cpu", copy=True) for k in saved}
+    was_training = base.transformer.training
+    base.transformer.eval()
+    try:
+        yield
+    finally:
+        base.base_proj = saved
+        base.transformer.train(was_training)
+
+
+def _frames(sample: Sample, key: str) -> torch.Tensor:
+    return read_video(sample.video(key), name=f"sample {sample.name} {key}")[0]
+
+
+@torch.no_grad()
+def validate(base: DWMBase, samples: list[Sample], metrics: dict, folder: str, width: int, height: int,
+             num_frames: int, settings: SamplerSettings, fps: float) -> dict[str, float]:
+    """Generate each sample, save the videos, and return the mean of each metric."""
+    os.makedirs(folder, exist_ok=True)
+    totals: dict[str, float] = {}
+    for sample in samples:
+        static, hands, truth = (_frames(sample, k) for k in ("static", "hands", "video"))
+        with trained_as_base(base):
+            video = generate(base, static, hands, read_prompt(sample), settings=settings, width=width,
+                             height=height, num_frames=num_frames)[0]
+        truth = prepare_frames(truth, width, height, num_frames, f"{sample.name} video")
+        truth = (truth.permute(1, 2, 3, 0) + 1) / 2
+        stem = sample.name.replace("/", "_").removesuffix(".mp4")
+        write_video(os.path.join(folder, f"{stem}.mp4"), video, fps)
+        write_video(os.path.join(folder, f"{stem}-compare.mp4"), side_by_side([static, hands, video, truth]), fps)
+        for name, fn in metrics.items():
+            totals[name] = totals.get(name, 0.0) + fn(video, truth)
+    return {name: value / len(samples) for name, value in totals.items()}
