@@ -39,7 +39,7 @@ def model_roots(folders: tuple[str, ...]) -> list[str]:
     return [p for p in dict.fromkeys(roots) if os.path.isdir(p)]
 
 
-class Managed(torch.nn.Module):
+class DWMComponent(torch.nn.Module):
     """A plain container that ModelPatcher can move and account for.
 
     ModelPatcher writes ``model.device``; diffusers and transformers models expose ``device`` as a
@@ -52,7 +52,7 @@ class Managed(torch.nn.Module):
         self.device = next(module.parameters()).device
 
 
-def patchers(holders: dict[str, Managed], device: str) -> dict | None:
+def patchers(holders: dict[str, DWMComponent], device: str) -> dict | None:
     """One ModelPatcher per component for the device choice (None without ComfyUI).
 
     Patchers for "auto" and "cpu" share the holders, so the host sees them as clones of one model and

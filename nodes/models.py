@@ -34,7 +34,7 @@ def get_base(path: str, precision: str, device: str) -> tuple[DWMBase, dict | No
     loaded = _bases.get(key)
     if loaded is None:
         base = load_base(path, precision, "cpu")  # the host moves it to the load device on use
-        loaded = _Loaded(base, {name: host.Managed(getattr(base, name)) for name in MANAGED})
+        loaded = _Loaded(base, {name: host.DWMComponent(getattr(base, name)) for name in MANAGED})
         _bases[key] = loaded
     if device not in loaded.patchers:
         loaded.patchers[device] = host.patchers(loaded.holders, device)
