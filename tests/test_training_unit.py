@@ -86,7 +86,7 @@ def test_only_lora_and_patch_embed_get_gradients(tiny_v11):
     assert hand_grad.abs().sum() > 0  # the zero-initialised hand channels do learn
 
 
-def test_v15_pads_odd_latent_frames_like_the_sampler(tiny_v15, monkeypatch):
+def test_v15_pads_odd_latent_frames_like_the_sampler(tiny_v15):
     base = load_base(tiny_v15, "fp32")
     make_trainable(base, 8, 8, TARGETS, gradient_checkpointing=False)
     seen = {}
