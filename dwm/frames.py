@@ -14,7 +14,7 @@ Rules (see docs/input-rules.md):
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .errors import DWMError
 
 SIZE_MULTIPLE = 16
+log = logging.getLogger("dwm")
 
 
 def valid_frame_count(n: int) -> int:
@@ -63,10 +64,10 @@ def fit_frame_count(frames: torch.Tensor, num_frames: int | None, name: str) -> 
     else:
         target = num_frames
     if have > target:
-        warnings.warn(f"{name}: {have} frames, using the first {target} (the VAE needs 4k+1 frames; "
-              f"{have - target} trailing frames dropped)", stacklevel=3)
+        log.warning(f"{name}: {have} frames, using the first {target} (the VAE needs 4k+1 frames; "
+              f"{have - target} trailing frames dropped)")
     elif have < target:
-        warnings.warn(f"{name}: {have} frames, padded to {target} by repeating the last frame", stacklevel=3)
+        log.warning(f"{name}: {have} frames, padded to {target} by repeating the last frame")
     return match_length(frames, target)
 
 

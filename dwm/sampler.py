@@ -29,6 +29,7 @@ from .text import encode_prompt
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
 VAE_SPATIAL = 8
+SEED_RANGE = 2**64
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -44,7 +45,8 @@ class SamplerSettings:
 
     @property
     def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.batch)]
+        """``seed + i`` per item, wrapped to torch's 64-bit seed range (ComfyUI seeds go up to 2**64 - 1)."""
+        return [(self.seed + i) % SEED_RANGE for i in range(self.batch)]
 
 
 def rotary_embedding(transformer, height: int, width: int, latent_frames: int, device) -> tuple:
@@ -113,7 +115,7 @@ def sample(base: DWMBase, scene: SceneLatents, positive: torch.Tensor, negative:
     latent_shape = (1, frames + pad, *scene.static.shape[2:])
     latents = initial_noise(settings.seeds, latent_shape).to(device, dtype) * scheduler.init_noise_sigma
     # DPM also draws noise at every step: give it per-item generators that continue from the seeds.
-    step_generators = [torch.Generator().manual_seed(s + 1_000_003) for s in settings.seeds]
+    step_generators = [torch.Generator().manual_seed((s + 1_000_003) % SEED_RANGE) for s in settings.seeds]
 
     n = 2 * batch if cfg else batch
     static = _repeat(scene.static.to(device, dtype), n, pad)

@@ -7,7 +7,7 @@ Embeddings are cached per base model, so a prompt is encoded once per process.
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 import torch
 
@@ -15,6 +15,7 @@ from .model import DWMBase
 
 TEXT_TOKENS = 226
 CACHE_SIZE = 64
+log = logging.getLogger("dwm")
 
 
 def token_ids(tokenizer, prompt: str, max_length: int = TEXT_TOKENS) -> torch.Tensor:
@@ -24,7 +25,7 @@ def token_ids(tokenizer, prompt: str, max_length: int = TEXT_TOKENS) -> torch.Te
         kept = tokenizer.decode(full[: max_length - 1], skip_special_tokens=True)
         msg = (f"prompt is {len(full)} tokens, longer than the {max_length}-token text window; "
                f"it was truncated after: ...{kept[-60:]!r}")
-        warnings.warn(msg, stacklevel=2)
+        log.warning(msg)
     ids = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
                     add_special_tokens=True, return_tensors="pt").input_ids
     return ids
@@ -32,15 +33,18 @@ def token_ids(tokenizer, prompt: str, max_length: int = TEXT_TOKENS) -> torch.Te
 
 @torch.no_grad()
 def encode_prompt(base: DWMBase, prompt: str) -> torch.Tensor:
-    """T5 embedding ``[1, 226, D]`` in the transformer's dtype, on the text encoder's device."""
+    """T5 embedding ``[1, 226, D]`` in the transformer's dtype, on the text encoder's device.
+
+    The text is encoded once per base model and process; repeats come from the cache.
+    """
     prompt = prompt or ""
-    cached = base.prompt_cache.get(prompt)
-    if cached is not None:
-        return cached
     encoder = base.text_encoder
-    ids = token_ids(base.tokenizer, prompt).to(encoder.device)
-    embeds = encoder(ids)[0].to(base.dtype)
-    if len(base.prompt_cache) >= CACHE_SIZE:
-        base.prompt_cache.pop(next(iter(base.prompt_cache)))
-    base.prompt_cache[prompt] = embeds
-    return embeds
+    cached = base.prompt_cache.get(prompt)
+    if cached is None:
+        ids = token_ids(base.tokenizer, prompt).to(encoder.device)
+        # Kept on the CPU, so the cache holds no GPU memory once the host offloads the encoder.
+        cached = encoder(ids)[0].to("cpu", base.dtype)
+        if len(base.prompt_cache) >= CACHE_SIZE:
+            base.prompt_cache.pop(next(iter(base.prompt_cache)))
+        base.prompt_cache[prompt] = cached
+    return cached.to(encoder.device)

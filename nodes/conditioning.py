@@ -12,7 +12,7 @@ from .sockets import CATEGORY, CONDITIONING, MODEL, SCENE, Conditioning
 
 MAX_SIZE = 2048
 MAX_FRAMES = 1025
-MAX_SEED = 0xFFFFFFFF  # the engine derives per-item and per-step seeds by adding to it
+MAX_SEED = 0xFFFFFFFFFFFFFFFF  # as the core KSampler; the engine wraps derived seeds into range
 
 
 class DWMTextEncode:

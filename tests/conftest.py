@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 
 import pytest
 import torch
@@ -55,3 +58,13 @@ def random_checkpoint(base, seed: int = 1, rank: int = 4, scale: float = 0.3, so
             lora[f"{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=g) * scale
     proj = {k: v + torch.randn(v.shape, generator=g) * 0.1 for k, v in base.base_proj.items()}
     return DWMCheckpoint(lora=lora, patch_embed=proj, rank=rank, alpha=float(rank), source=source)
+
+
+@contextlib.contextmanager
+def expect_log(caplog, pattern: str):
+    """Assert that the block logs a ``dwm`` warning matching ``pattern`` (the user sees it every run)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dwm"):
+        yield
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(re.search(pattern, m) for m in messages), messages

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_frames
+from conftest import expect_log, random_frames
 from dwm.errors import DWMError
 from dwm.frames import fit_frame_count, prepare_frames, resize_cover, valid_frame_count
 from dwm.preview import latents_to_rgb
@@ -16,14 +16,14 @@ def test_valid_frame_counts():
     assert [valid_frame_count(n) for n in (1, 4, 5, 49, 50, 52, 53)] == [1, 1, 5, 49, 49, 49, 53]
 
 
-def test_long_video_cut_with_warning():
-    with pytest.warns(UserWarning, match="52 frames, using the first 49.*3 trailing frames dropped"):
+def test_long_video_cut_with_warning(caplog):
+    with expect_log(caplog, "52 frames, using the first 49.*3 trailing frames dropped"):
         out = fit_frame_count(torch.arange(52.0).view(52, 1, 1, 1), None, "static video")
     assert out.shape[0] == 49 and out[-1].item() == 48
 
 
-def test_short_video_padded_with_warning():
-    with pytest.warns(UserWarning, match="hand video: 45 frames, padded to 49"):
+def test_short_video_padded_with_warning(caplog):
+    with expect_log(caplog, "hand video: 45 frames, padded to 49"):
         out = fit_frame_count(torch.arange(45.0).view(45, 1, 1, 1), 49, "hand video")
     assert out.shape[0] == 49 and torch.all(out[44:] == 44)
 
@@ -60,11 +60,11 @@ def test_bad_frame_tensors(bad):
         prepare_frames(bad, 96, 64, None, "static video")
 
 
-def test_mismatched_lengths_are_an_error_unless_num_frames_given(base11):
+def test_mismatched_lengths_are_an_error_unless_num_frames_given(base11, caplog):
     static, hands = random_frames(13), random_frames(9)
     with pytest.raises(DWMError, match="hand video: 9 usable frames, but the static video has 13"):
         encode_scene(base11.vae, static, hands, 96, 64)
-    with pytest.warns(UserWarning, match="padded"):
+    with expect_log(caplog, "padded"):
         scene = encode_scene(base11.vae, static, hands, 96, 64, num_frames=13)
     assert scene.static.shape == scene.hands.shape == (1, 4, 16, 8, 12)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
+from conftest import expect_log
 from dwm.text import TEXT_TOKENS, encode_prompt, token_ids
 
 
@@ -24,14 +24,14 @@ def test_embedding_matches_unmasked_encoder_and_is_cached(base11):
         other = encode_prompt(base11, "close the drawer")
     finally:
         hook.remove()
-    assert len(calls) == 2 and again is first and not torch.equal(first, other)
+    assert len(calls) == 2 and torch.equal(again, first) and not torch.equal(first, other)
     ids = token_ids(base11.tokenizer, "open the drawer")
     with torch.no_grad():
         torch.testing.assert_close(first, base11.text_encoder(ids)[0])  # no attention mask
     assert first.shape == (1, TEXT_TOKENS, 32)
 
 
-def test_long_prompt_warns_and_truncates(base11):
-    with pytest.warns(UserWarning, match="longer than the 226-token text window; it was truncated"):
+def test_long_prompt_warns_and_truncates(base11, caplog):
+    with expect_log(caplog, "longer than the 226-token text window; it was truncated"):
         ids = token_ids(base11.tokenizer, "open the fridge " * 40)
     assert ids.shape == (1, TEXT_TOKENS) and ids[0, -1].item() == base11.tokenizer.eos_token_id
