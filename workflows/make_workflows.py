@@ -1,0 +1,224 @@
+"""Write the example workflows: each graph once, saved in UI format (workflows/) and API format (api/).
+
+One description per graph keeps the two files of a pair from drifting apart; the UI file is laid
+out the way the graph editor saves it (inputs, links, positional widget values) using the same
+widget rules that dwm.workflow_schema checks. Run from the repo root:
+    python workflows/make_workflows.py [--object-info ../shared/comfyui/object_info.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import nodes  # noqa: E402
+from dwm.workflow_schema import (FRONTEND_ONLY, declared_inputs, format_widgets, is_widget,  # noqa: E402
+                                 kind, load_schemas, ui_widget_slots)
+
+MODEL = "CogVideoX-Fun-V1.1-5b-InP"
+LORA = "dwm_lora.safetensors"
+STATIC, HANDS = "dwm_example_static.mp4", "dwm_example_hands.mp4"
+PROMPT = (ROOT / "examples" / "00055" / "prompt.txt").read_text(encoding="utf-8").strip()
+FPS = 8
+NOTE = """Model files
+- Base: ComfyUI/models/dwm/CogVideoX-Fun-V1.1-5b-InP/ - the diffusers-layout folder (transformer/, vae/,
+  text_encoder/, tokenizer/, scheduler/) downloaded from alibaba-pai/CogVideoX-Fun-V1.1-5b-InP
+  (or CogVideoX-Fun-V1.5-5b-InP). Pick it in "DWM Model Loader" after refreshing the page.
+- DWM LoRA: ComfyUI/models/loras/ - a .safetensors from this pack's trainer
+  (accelerate launch -m training.train ...) or a reference output folder.
+
+Inputs
+Copy examples/00055/static.mp4 and hands.mp4 of ComfyUI-DWM into ComfyUI/input/ as
+dwm_example_static.mp4 and dwm_example_hands.mp4 (or upload your own videos in the loaders).
+The hand video must follow the same camera path as the static one."""
+LOW_VRAM_NOTE = """24 GB settings: bf16, tiled VAE on in both encode and decode, batch 1.
+If it still runs out of memory: fewer frames (num_frames 33 or 25), a smaller size (e.g. 624x416),
+cfg 1 (skips the unconditional pass), close other GPU programs, start ComfyUI with
+--reserve-vram 1, and press "Unload models" before a run."""
+
+
+class Out(tuple):
+    """A link source: (node id, output slot)."""
+
+
+class Graph:
+    """Nodes added in order; positions are for the editor only."""
+
+    def __init__(self):
+        self.nodes: list[dict] = []
+
+    def add(self, cls: str, pos, title: str | None = None, size=None, **inputs) -> int:
+        nid = len(self.nodes) + 1
+        self.nodes.append({"id": nid, "type": cls, "title": title, "pos": list(pos), "size": size,
+                           "inputs": inputs})
+        return nid
+
+    def api(self, schemas: dict) -> dict:
+        out = {}
+        for n in self.nodes:
+            if n["type"] in FRONTEND_ONLY:
+                continue
+            inputs = {k: [str(v[0]), v[1]] if isinstance(v, Out) else v for k, v in n["inputs"].items()}
+            title = n["title"] or schemas[n["type"]].get("display_name", n["type"])
+            out[str(n["id"])] = {"inputs": inputs, "class_type": n["type"], "_meta": {"title": title}}
+        return out
+
+    def ui(self, schemas: dict) -> dict:
+        links, order = [], {n: i for i, n in enumerate(self._topological())}
+        ui_nodes = [self._ui_node(n, schemas, links, order[n["id"]]) for n in self.nodes]
+        for lk in links:  # outputs list the links that leave them
+            ui_nodes[lk[1] - 1]["outputs"][lk[2]]["links"].append(lk[0])
+        return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+                "links": links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.55, "offset": [100, 420]}}, "version": 0.4}
+
+    def _topological(self) -> list[int]:
+        done: list[int] = []
+        while len(done) < len(self.nodes):
+            for n in self.nodes:
+                deps = {v[0] for v in n["inputs"].values() if isinstance(v, Out)}
+                if n["id"] not in done and deps <= set(done):
+                    done.append(n["id"])
+        return done
+
+    def _ui_node(self, n: dict, schemas: dict, links: list, order: int) -> dict:
+        spec, values = schemas.get(n["type"]), n["inputs"]
+        node = {"id": n["id"], "type": n["type"], "pos": n["pos"], "size": n["size"] or [320, 100],
+                "flags": {}, "order": order, "mode": 0, "inputs": [], "outputs": [],
+                "properties": {"Node name for S&R": n["type"]}}
+        if n["title"]:
+            node["title"] = n["title"]
+        if spec is None:  # a Note
+            node.update(widgets_values=[values["text"]], color="#432", bgcolor="#653")
+            return node
+        entries = declared_inputs(spec)
+        sockets = [e for e in entries if not is_widget(e[1])] + [e for e in entries if is_widget(e[1])]
+        for name, entry, required in sockets:
+            slot = {"name": name, "type": kind(entry), "link": None}
+            if is_widget(entry):
+                slot["widget"] = {"name": name}
+            elif not required:
+                slot["shape"] = 7
+            if isinstance(values.get(name), Out):
+                src, src_slot = values[name]
+                links.append([len(links) + 1, src, src_slot, n["id"], len(node["inputs"]), kind(entry)])
+                slot["link"] = len(links)
+            node["inputs"].append(slot)
+        node["outputs"] = [{"name": name, "type": t, "links": [], "slot_index": i}
+                           for i, (name, t) in enumerate(zip(spec["output_name"], spec["output"]))]
+        # A linked widget keeps its default in the editor; the link decides the value sent.
+        shown = {name: e[1].get("default") if isinstance(values.get(name), Out) else values[name]
+                 for name, e, _r in entries if is_widget(e)}
+        shown.update({name: values[name] for name in format_widgets(spec, values)})
+        if n["type"].startswith("VHS_"):  # VideoHelperSuite saves widget values by name
+            node["widgets_values"] = shown
+        else:  # the editor's extra slots: "fixed" after a seed, "image" after a file list
+            slots = ui_widget_slots(spec)
+            node["widgets_values"] = [shown[s] if s else "image" if isinstance(shown[p], str) else "fixed"
+                                      for p, s in zip([None] + slots, slots)]
+        return node
+
+
+def dwm_graph(vhs=False, low_vram=False) -> Graph:
+    """dwm_basic and its variants: two video loaders, model + LoRA, encode, sample, decode, save."""
+    g = Graph()
+    g.add("Note", (0, -380), title="Read me: model files and inputs", size=[700, 330],
+          text=NOTE + ("\n\n" + LOW_VRAM_NOTE if low_vram else ""))
+    if vhs:
+        load = dict(force_rate=0, custom_width=0, custom_height=0, frame_load_cap=0, skip_first_frames=0,
+                    select_every_nth=1, format="None")
+        static = Out((g.add("VHS_LoadVideo", (0, 0), "static video", [320, 420], video=STATIC, **load), 0))
+        hands = Out((g.add("VHS_LoadVideo", (0, 460), "hand video", [320, 420], video=HANDS, **load), 0))
+    else:
+        static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
+        hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
+        static = Out((g.add("GetVideoComponents", (360, 0), video=Out((static_v, 0))), 0))
+        hands = Out((g.add("GetVideoComponents", (360, 420), video=Out((hands_v, 0))), 0))
+    base = g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto")
+    model = Out((g.add("DWMLoraLoader", (720, -380), model=Out((base, 0)), lora=LORA, strength=1.0), 0))
+    cond = g.add("DWMTextEncode", (1080, -380), "prompt", [400, 300], model=model, prompt=PROMPT,
+                 negative_prompt="")
+    scene = g.add("DWMSceneEncode", (720, 0), model=model, static_video=static, hand_video=hands,
+                  width=720, height=480, num_frames=49, tiled_vae=True, seed=0)
+    latents = g.add("DWMSampler", (1080, 0), "sampler", [320, 260], model=model, conditioning=Out((cond, 0)),
+                    scene=Out((scene, 0)), steps=50, cfg=6.0, scheduler="ddim", seed=42, batch_size=1,
+                    dynamic_cfg=False)
+    frames = Out((g.add("DWMDecode", (1440, 0), model=model, latents=Out((latents, 0)), tiled_vae=True), 0))
+    save_frames(g, frames, (1800, 0), "dwm/output", "save output", vhs)
+    if not low_vram:
+        compare = g.add("DWMCompare", (1440, 300), static_video=static, hand_video=hands, output=frames)
+        save_frames(g, Out((compare, 0)), (1800, 460), "dwm/compare", "save comparison", vhs)
+    return g
+
+
+def save_frames(g: Graph, frames: Out, pos, prefix: str, title: str, vhs: bool) -> None:
+    if vhs:
+        g.add("VHS_VideoCombine", pos, title, [360, 420], images=frames, frame_rate=FPS, loop_count=0,
+              filename_prefix=prefix, format="video/h264-mp4", pix_fmt="yuv420p", crf=19,
+              save_metadata=True, trim_to_audio=False, pingpong=False, save_output=True)
+        return
+    video = g.add("CreateVideo", pos, images=frames, fps=FPS)
+    g.add("SaveVideo", (pos[0] + 360, pos[1]), title, [360, 400], video=Out((video, 0)),
+          filename_prefix=prefix, format="auto", codec="auto")
+
+
+def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
+    """One input, one shared seed, a LoRA loader per strength; the decodes stitched left to right."""
+    g = Graph()
+    note = g.add("Note", (0, -380), title="Read me: model files and inputs", size=[700, 330], text=NOTE)
+    static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
+    hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
+    static = Out((g.add("GetVideoComponents", (360, 0), video=Out((static_v, 0))), 0))
+    hands = Out((g.add("GetVideoComponents", (360, 420), video=Out((hands_v, 0))), 0))
+    base = Out((g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto"), 0))
+    cond = Out((g.add("DWMTextEncode", (720, -380), "prompt", [400, 300], model=base, prompt=PROMPT,
+                      negative_prompt=""), 0))
+    scene = Out((g.add("DWMSceneEncode", (720, 0), model=base, static_video=static, hand_video=hands,
+                       width=720, height=480, num_frames=49, tiled_vae=True, seed=0), 0))
+    seed = Out((g.add("PrimitiveInt", (720, 380), "seed", value=42), 0))
+    g.nodes[note - 1]["inputs"]["text"] += (
+        f"\n\nThe Int node titled 'seed' feeds every sampler; with python -m dwm.queue pass "
+        f"--target sampler={seed[0]}.value so each job's seed reaches all three.")
+    decoded = []
+    for i, strength in enumerate(strengths):
+        y = i * 340
+        lora = Out((g.add("DWMLoraLoader", (1160, y), f"LoRA strength {strength}", model=base, lora=LORA,
+                          strength=strength), 0))
+        latents = g.add("DWMSampler", (1520, y), f"sampler (strength {strength})", [320, 260], model=lora,
+                        conditioning=cond, scene=scene, steps=50, cfg=6.0, scheduler="ddim", seed=seed,
+                        batch_size=1, dynamic_cfg=False)
+        decoded.append(Out((g.add("DWMDecode", (1880, y), model=lora, latents=Out((latents, 0)),
+                                  tiled_vae=True), 0)))
+    row = decoded[0]
+    for i, right in enumerate(decoded[1:]):
+        row = Out((g.add("ImageStitch", (2240, i * 200), image1=row, image2=right, direction="right",
+                         match_image_size=True, spacing_width=0, spacing_color="white"), 0))
+    save_frames(g, row, (2600, 0), "dwm/lora_sweep", "save sweep", False)
+    return g
+
+
+GRAPHS = {"dwm_basic": dwm_graph, "dwm_basic_vhs": lambda: dwm_graph(vhs=True),
+          "dwm_low_vram": lambda: dwm_graph(low_vram=True), "dwm_lora_strength_sweep": sweep_graph}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--object-info", default=str(ROOT.parent / "shared" / "comfyui" / "object_info.json"))
+    args = p.parse_args()
+    schemas = load_schemas(args.object_info, nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    out = ROOT / "workflows"
+    for name, make in GRAPHS.items():
+        graph = make()
+        for path, data in ((out / f"{name}.json", graph.ui(schemas)), (out / "api" / f"{name}.json",
+                                                                      graph.api(schemas))):
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
