@@ -20,13 +20,18 @@ from .text import encode_prompt
 
 
 def generate(base: DWMBase, static_frames: torch.Tensor, hand_frames: torch.Tensor, prompt: str = "",
-             negative_prompt: str = "", loras: Sequence[tuple[DWMCheckpoint, float]] = (),
+             negative_prompt: str = "", loras: Sequence[tuple[DWMCheckpoint, float]] | None = (),
              settings: SamplerSettings | None = None, width: int = 720, height: int = 480,
              num_frames: int | None = None, tiling: bool = True, slicing: bool = True,
              on_step: StepCallback | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Interaction videos ``[B, F, H, W, 3]`` in [0, 1], one per seed of ``settings``."""
+    """Interaction videos ``[B, F, H, W, 3]`` in [0, 1], one per seed of ``settings``.
+
+    ``loras`` are applied with ``dwm.lora.activate`` (empty = the base model); ``None`` leaves the
+    transformer exactly as it is, which is how the trainer validates the weights it is training.
+    """
     settings = settings or SamplerSettings()
-    activate(base, loras)
+    if loras is not None:
+        activate(base, loras)
     positive = encode_prompt(base, prompt)
     negative = encode_prompt(base, negative_prompt) if settings.guidance > 1 else None
     scene = encode_scene(base.vae, static_frames, hand_frames, width, height, num_frames,

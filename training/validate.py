@@ -23,23 +23,14 @@ from .data import Sample, read_prompt
 
 
 @contextlib.contextmanager
-def trained_as_base(base: DWMBase):
-    """Run ``generate`` on the weights being trained.
-
-    ``generate`` re-applies LoRAs and resets ``patch_embed.proj`` to ``base.base_proj`` blended with
-    them; with no LoRAs passed, pointing ``base_proj`` at the trained projection keeps it, and the
-    training adapter (not one the engine installed) stays active.
-    """
-    proj = base.transformer.patch_embed.proj
-    saved = base.base_proj
-    base.base_proj = {k: getattr(proj, k).detach().to("cpu", copy=True) for k in saved}
-    was_training = base.transformer.training
-    base.transformer.eval()
+def eval_mode(module: torch.nn.Module):
+    """Sample with dropout and other training-only behaviour off, then restore the mode."""
+    was_training = module.training
+    module.eval()
     try:
         yield
     finally:
-        base.base_proj = saved
-        base.transformer.train(was_training)
+        module.train(was_training)
 
 
 def _frames(sample: Sample, key: str) -> torch.Tensor:
@@ -54,9 +45,10 @@ def validate(base: DWMBase, samples: list[Sample], metrics: dict, folder: str, w
     totals: dict[str, float] = {}
     for sample in samples:
         static, hands, truth = (_frames(sample, k) for k in ("static", "hands", "video"))
-        with trained_as_base(base):
-            video = generate(base, static, hands, read_prompt(sample), settings=settings, width=width,
-                             height=height, num_frames=num_frames)[0]
+        with eval_mode(base.transformer):
+            # loras=None: sample with the adapter and patch projection being trained, as they are.
+            video = generate(base, static, hands, read_prompt(sample), loras=None, settings=settings,
+                             width=width, height=height, num_frames=num_frames)[0]
         truth = prepare_frames(truth, width, height, num_frames, f"{sample.name} video")
         truth = (truth.permute(1, 2, 3, 0) + 1) / 2
         stem = sample.name.replace("/", "_").removesuffix(".mp4")
