@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint
 from .compare import side_by_side
+from .dataset import read_list, read_prompt
 from .errors import DWMCancelled, DWMError
 from .model import load_base
 from .pipeline import generate
@@ -125,37 +126,18 @@ def run_one(base, loras, args, static: str, hands: str, prompt: str, out: str,
         write_video(compare, side_by_side(panels, height=args.height), fps)
 
 
-def read_list(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise DWMError("--list", f"{path} does not exist", "pass a text file with one sample id per line")
-    with open(path, encoding="utf-8") as fh:
-        ids = [os.path.splitext(line.strip())[0] for line in fh if line.strip() and not line.startswith("#")]
-    if not ids:
-        raise DWMError("--list", f"{path} lists no sample ids", "write one sample id (file stem) per line")
-    return ids
-
-
-def read_prompt(root: str, sample: str) -> str:
-    path = os.path.join(root, "prompts", sample + ".txt")
-    if not os.path.isfile(path):
-        return ""
-    with open(path, encoding="utf-8") as fh:
-        return fh.read().strip()
-
-
 def run_dataset(base, loras, args) -> None:
     """Every listed sample in the reference layout; outputs that exist are skipped, so reruns resume."""
     if not args.out_dir:
         raise DWMError("--out-dir", "missing", "pass --out-dir for --data-root runs")
-    ids = read_list(args.list)
-    for sample in tqdm(ids, desc="samples", unit="sample"):
-        out = os.path.join(args.out_dir, sample + ".mp4")
+    for sample in tqdm(read_list(args.data_root, args.list), desc="samples", unit="sample"):
+        out = os.path.join(args.out_dir, sample.slug + ".mp4")
         if os.path.isfile(out):
             continue
-        gt = os.path.join(args.data_root, "videos", sample + ".mp4")
-        run_one(base, loras, args, os.path.join(args.data_root, "videos_static", sample + ".mp4"),
-                os.path.join(args.data_root, "videos_hands", sample + ".mp4"), read_prompt(args.data_root, sample),
-                out, os.path.join(args.out_dir, sample + "_compare.mp4"), gt if os.path.isfile(gt) else None, sample)
+        gt = sample.video("video")
+        run_one(base, loras, args, sample.video("static"), sample.video("hands"), read_prompt(sample), out,
+                os.path.join(args.out_dir, sample.slug + "_compare.mp4"), gt if os.path.isfile(gt) else None,
+                sample.slug)
 
 
 def cmd_generate(args) -> None:

@@ -30,9 +30,10 @@ import websocket
 from tqdm import tqdm
 
 from dwm.atomic import atomic_path
+from dwm.dataset import read_list
+from dwm.errors import DWMError
 from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, find_targets, load_workflow,
-                            output_name, parse_seeds, parse_target, parse_value, read_list,
-                            sample_files)
+                            output_name, parse_seeds, parse_target, parse_value, sample_inputs)
 
 UPLOAD_SUBFOLDER = "dwm_queue"
 BACKOFF_S = 0.5  # first retry delay; doubles each try
@@ -190,14 +191,12 @@ class Batch:
     def build(self, job: Job) -> dict:
         wf = json.loads(json.dumps(self.wf))
         values = {"sampler": job.seed}
-        for role, path in self.files[job.sample].items():
-            if role == "prompt":
-                values[role] = path.read_text(encoding="utf-8").strip()
-            else:
-                if path not in self.uploaded:
-                    name = f"{job.sample}_{ROLES[role][3]}{path.suffix}"
-                    self.uploaded[path] = self.comfy.upload(path, name)
-                values[role] = self.uploaded[path]
+        for role, value in self.files[job.sample].items():
+            if isinstance(value, Path):  # a video: uploaded once, then referred to by its server name
+                if value not in self.uploaded:
+                    self.uploaded[value] = self.comfy.upload(value, f"{job.sample}_{ROLES[role][1]}{value.suffix}")
+                value = self.uploaded[value]
+            values[role] = value
         for role, (node, inp) in self.targets.items():
             wf[node]["inputs"][inp] = values[role]
         for value, node, inp in self.sets:
@@ -359,18 +358,18 @@ def main(argv=None) -> int:
         targets = find_targets(wf, args.target)
         sets = [(parse_value(v), node, inp) for v, node, inp in
                 (parse_target(s, wf, "--set") for s in args.set)]
-        samples = read_list(args.list)
+        samples = read_list(args.data_root, args.list)
         seeds = parse_seeds(args.seeds)
-        files = {s: sample_files(args.data_root, s, targets) for s in samples}
+        files = {s.slug: sample_inputs(s, targets) for s in samples}
         comfy = Comfy(args.server, args.retries)
         check_server(comfy, wf)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-    except UsageError as e:
+    except (UsageError, DWMError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     manifest = Manifest(out)
-    jobs = manifest.plan(samples, seeds)
+    jobs = manifest.plan(list(files), seeds)
     manifest.save()
     try:
         return Batch(comfy, wf, targets, sets, files, manifest, args.max_queued).run(jobs)

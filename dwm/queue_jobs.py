@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dwm.atomic import atomic_path
+from dwm.dataset import Sample, read_prompt
 
 # Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's,
 # the prompt and seed inputs belong to our DWMTextEncode / DWMSampler nodes.
@@ -21,14 +22,13 @@ ROLE_INPUTS = {
     "DWMTextEncode": "prompt",
     "DWMSampler": "seed",
 }
-# role -> (_meta.title that marks its node, dataset folder, file suffix, uploaded-name tag)
+# role -> (_meta.title that marks its node, the sample's video it uploads: a dwm.dataset video key)
 ROLES = {
-    "static_video": ("static video", "videos_static", ".mp4", "static"),
-    "hand_video": ("hand video", "videos_hands", ".mp4", "hands"),
-    "prompt": ("prompt", "prompts", ".txt", None),
-    "sampler": ("sampler", None, None, None),
+    "static_video": ("static video", "static"),
+    "hand_video": ("hand video", "hands"),
+    "prompt": ("prompt", None),
+    "sampler": ("sampler", None),
 }
-FILE_ROLES = ("static_video", "hand_video", "prompt")
 
 
 class UsageError(Exception):
@@ -121,37 +121,21 @@ def find_targets(wf: dict, overrides: list[str]) -> dict[str, tuple[str, str]]:
     return targets
 
 
-def read_list(path: str) -> list[str]:
-    """Sample ids, one a line; '#' comments, blank lines and file extensions are ignored."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read list file {path}: {e.strerror}") from None
-    ids = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line:
-            stem = Path(line).stem if Path(line).suffix else line
-            if stem not in ids:
-                ids.append(stem)
-    if not ids:
-        raise UsageError(f"list file {path} names no samples: put one sample id per line (e.g. 00013)")
-    return ids
-
-
-def sample_files(root: str, sample: str, roles) -> dict[str, Path]:
-    """Paths of the sample's files for the roles the workflow uses; a missing one is named."""
-    files = {}
+def sample_inputs(sample: Sample, roles) -> dict[str, Path | str]:
+    """Per role the workflow uses: the video to upload (a missing one is named), or the prompt text
+    (no prompt file = the empty prompt, valid in DWM)."""
+    inputs: dict[str, Path | str] = {}
     for role in roles:
-        if role not in FILE_ROLES:
-            continue
-        _title, folder, suffix, _tag = ROLES[role]
-        path = Path(root) / folder / f"{sample}{suffix}"
-        if not path.is_file():
-            raise UsageError(f"sample {sample}: missing {role.replace('_', ' ')} file {path} "
-                             "(fix --data-root or drop the sample from --list)")
-        files[role] = path
-    return files
+        key = ROLES[role][1]
+        if role == "prompt":
+            inputs[role] = read_prompt(sample)
+        elif key is not None:
+            path = Path(sample.video(key))
+            if not path.is_file():
+                raise UsageError(f"sample {sample.name}: missing {role.replace('_', ' ')} file {path} "
+                                 "(fix --data-root or drop the sample from --list)")
+            inputs[role] = path
+    return inputs
 
 
 def parse_seeds(text: str) -> list[int]:

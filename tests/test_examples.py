@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import EXAMPLES, SAMPLE_IDS, need
-from dwm.cli import main, read_prompt
+from dwm.cli import main
+from dwm.dataset import Sample, read_prompt
 from dwm.pipeline import generate
 from dwm.sampler import SamplerSettings
 from dwm.video_io import read_video, write_video
@@ -27,7 +28,7 @@ def test_real_sample_runs_end_to_end_small(base11, data_root, sample, tmp_path):
     gt, _ = read_video(os.path.join(data_root, "videos", sample + ".mp4"))
     assert static.shape == hands.shape == gt.shape == (49, 480, 720, 3) and fps == 8
     assert hands.mean() < static.mean()  # hands on black
-    videos = generate(base11, static, hands, read_prompt(data_root, sample),
+    videos = generate(base11, static, hands, read_prompt(Sample(sample, data_root, sample)),
                       settings=SamplerSettings(steps=2), width=96, height=64)
     assert videos.shape == (1, 49, 64, 96, 3) and 0 <= videos.min() and videos.max() <= 1
     out = write_video(str(tmp_path / "out.mp4"), videos[0], fps)

@@ -1,5 +1,4 @@
 """The ComfyUI nodes without ComfyUI: sockets round-trip, LoRA handles, progress, cancel, imports."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path

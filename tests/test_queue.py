@@ -150,7 +150,7 @@ def test_missing_sample_names_sample_and_path(data, capsys):
 def test_empty_list_file(data, capsys):
     data["list"].write_text("# nothing yet\n\n")
     assert run("http://127.0.0.1:9", data) == 2
-    assert "names no samples" in one_line_error(capsys)
+    assert "lists no samples" in one_line_error(capsys)
 
 
 def test_missing_node_types(data, capsys):

@@ -15,7 +15,8 @@ from dwm.lora import activate
 from dwm.model import load_base
 from training import checkpointing
 from training.batch import make_step_inputs
-from training.data import DWMDataset, read_list
+from dwm.dataset import read_list
+from training.data import DWMDataset
 from training.loss import training_loss
 from training.train import run
 

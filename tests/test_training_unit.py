@@ -14,7 +14,8 @@ from dwm.model import load_base
 from dwm.sampler import dwm_model_input, rotary_embedding
 from training.batch import make_step_inputs
 from training.config import load_config
-from training.data import DWMDataset, read_list
+from dwm.dataset import read_list
+from training.data import DWMDataset
 from training.lora_setup import make_trainable, trainable_names
 from training.loss import diffusion_loss, training_loss
 

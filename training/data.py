@@ -1,12 +1,6 @@
 """Dataset in the reference layout, with precomputed latents when present and videos otherwise.
 
-A list file holds one sample per line: a video path relative to the data root, as the reference
-writes it (``realworld_dynamic/videos/00055.mp4``), or a bare id (``00055`` = ``videos/00055.mp4``).
-The folder above ``videos/`` is the sample's root; the same stem names its files in
-
-  ``videos/ videos_static/ videos_hands/`` (.mp4), ``prompts_rewrite/`` or else ``prompts/`` (.txt),
-  ``video_latents/ static_video_latents/ hand_video_latents/ prompt_embeds_rewrite/`` (.pt).
-
+Samples and their file names follow the reference layout (``dwm/dataset.py``).
 Latent files hold what the reference's encoder writes: the VAE's latent *distribution* parameters
 (mean and log-variance, ``[32, F_lat, H/8, W/8]``, unscaled); a fresh sample is drawn from them at
 every training step with the run's generator. Prompt files hold T5 embeddings ``[226, D]``.
@@ -15,78 +9,16 @@ every training step with the run's generator. Prompt files hold T5 embeddings ``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
+from dwm.dataset import VIDEO_DIRS, Sample, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.model import LATENT_CHANNELS
 from dwm.text import TEXT_TOKENS
 from dwm.video_io import read_video
-
-VIDEO_DIRS = {"video": "videos", "static": "videos_static", "hands": "videos_hands"}
-LATENT_DIRS = {"video": "video_latents", "static": "static_video_latents", "hands": "hand_video_latents"}
-PROMPT_DIRS = ("prompts_rewrite", "prompts")
-PROMPT_EMBED_DIR = "prompt_embeds_rewrite"
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str  # the list file's line
-    root: str  # folder holding videos/, videos_static/, ...
-    stem: str
-
-    def video(self, key: str) -> str:
-        return os.path.join(self.root, VIDEO_DIRS[key], self.stem + ".mp4")
-
-    def latents(self, key: str) -> str:
-        return os.path.join(self.root, LATENT_DIRS[key], self.stem + ".pt")
-
-    def prompt_embeds(self) -> str:
-        return os.path.join(self.root, PROMPT_EMBED_DIR, self.stem + ".pt")
-
-    def prompt_file(self) -> str | None:
-        for folder in PROMPT_DIRS:
-            path = os.path.join(self.root, folder, self.stem + ".txt")
-            if os.path.isfile(path):
-                return path
-        return None
-
-    def error(self, problem: str, fix: str) -> DWMError:
-        return DWMError(f"sample {self.name}", problem, fix)
-
-
-def read_list(data_root: str, list_file: str) -> list[Sample]:
-    """Samples of a list file (resolved as given, else under the data root), in file order."""
-    path = list_file if os.path.isfile(list_file) else os.path.join(data_root, list_file)
-    if not os.path.isfile(path):
-        raise DWMError("list file", f"{list_file} does not exist (nor under {data_root})",
-                       "pass a text file with one sample per line, e.g. realworld_dynamic/videos/00055.mp4")
-    with open(path, encoding="utf-8") as fh:
-        lines = [line.strip() for line in fh if line.strip() and not line.startswith("#")]
-    if not lines:
-        raise DWMError("list file", f"{path} lists no samples", "add one sample per line (a video path or an id)")
-    samples = []
-    for line in lines:
-        video = line if line.endswith(".mp4") else os.path.join(VIDEO_DIRS["video"], line + ".mp4")
-        video = os.path.join(data_root, video)
-        samples.append(Sample(line, os.path.dirname(os.path.dirname(video)), os.path.splitext(os.path.basename(video))[0]))
-    return samples
-
-
-def read_prompt(sample: Sample) -> str:
-    """The prompt text; a sample with no prompt file trains with the empty prompt (valid in DWM)."""
-    path = sample.prompt_file()
-    if path is None:
-        return ""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise sample.error(f"cannot read {path} ({err})", "save the prompt as UTF-8 text") from err
-
 
 def latent_shape(width: int, height: int, num_frames: int) -> tuple:
     """Shape of a latent-distribution file for this size: mean and log-variance stacked."""

@@ -22,6 +22,7 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from dwm.atomic import atomic_path
+from dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.model import load_base
@@ -30,7 +31,6 @@ from dwm.text import encode_prompt
 from dwm.video_io import read_video
 
 from .batch import latent_distribution
-from .data import VIDEO_DIRS, Sample, read_list, read_prompt
 
 
 def save_tensor(tensor: torch.Tensor, path: str) -> None:

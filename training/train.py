@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dwm.atomic import atomic_dir
 from dwm.checkpoint import save_checkpoint_file, save_reference_folder
+from dwm.dataset import read_list
 from dwm.errors import DWMError
 from dwm.metrics import all_metrics
 from dwm.model import DTYPES, load_base
@@ -36,7 +37,7 @@ from dwm.scene import configure_vae
 from . import checkpointing
 from .batch import make_step_inputs
 from .config import TrainConfig, parse_args
-from .data import DWMDataset, collate, read_list
+from .data import DWMDataset, collate
 from .lora_setup import make_trainable, to_checkpoint
 from .loss import training_loss
 from .plot import FIELDS, LOSS_CSV, plot_loss

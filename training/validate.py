@@ -19,7 +19,7 @@ from dwm.pipeline import generate
 from dwm.sampler import SamplerSettings
 from dwm.video_io import read_video, write_video
 
-from .data import Sample, read_prompt
+from dwm.dataset import Sample, read_prompt
 
 
 @contextlib.contextmanager
@@ -51,9 +51,8 @@ def validate(base: DWMBase, samples: list[Sample], metrics: dict, folder: str, w
                              width=width, height=height, num_frames=num_frames)[0]
         truth = prepare_frames(truth, width, height, num_frames, f"{sample.name} video")
         truth = (truth.permute(1, 2, 3, 0) + 1) / 2
-        stem = sample.name.replace("/", "_").removesuffix(".mp4")
-        write_video(os.path.join(folder, f"{stem}.mp4"), video, fps)
-        write_video(os.path.join(folder, f"{stem}-compare.mp4"), side_by_side([static, hands, video, truth]), fps)
+        write_video(os.path.join(folder, f"{sample.slug}.mp4"), video, fps)
+        write_video(os.path.join(folder, f"{sample.slug}-compare.mp4"), side_by_side([static, hands, video, truth]), fps)
         for name, fn in metrics.items():
             totals[name] = totals.get(name, 0.0) + fn(video, truth)
     return {name: value / len(samples) for name, value in totals.items()}
