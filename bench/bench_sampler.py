@@ -47,13 +47,16 @@ def plain_loop(base, scene, positive, negative, steps: int, guidance: float, see
     return latents
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+def paired(first, second, repeats: int) -> tuple[float, float, object]:
+    """Median seconds of each, run alternately (A B A B ...) so drift hits both alike; A's last result."""
+    a_times, b_times, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for fn, times in ((first, a_times), (second, b_times)):
+            start = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - start)
+            result = out if fn is first else result
+    return statistics.median(a_times), statistics.median(b_times), result
 
 
 def main() -> None:
@@ -78,11 +81,13 @@ def main() -> None:
     positive, negative = encode_prompt(base, "I open the drawer"), encode_prompt(base, "")
     settings = SamplerSettings(steps=args.steps, seed=0)
 
-    ours, a = timed(lambda: sample(base, scene, positive, negative, settings), args.repeats)
-    ref, b = timed(lambda: plain_loop(base, scene, positive, negative, args.steps, 6.0, 0), args.repeats)
-    same = torch.allclose(a.float(), b.float(), atol=1e-4)
-    tiled, _ = timed(lambda: decode_latents(base.vae, a, tiling=True), args.repeats)
-    whole, _ = timed(lambda: decode_latents(base.vae, a, tiling=False), args.repeats)
+    ours_fn = lambda: sample(base, scene, positive, negative, settings)  # noqa: E731
+    ref_fn = lambda: plain_loop(base, scene, positive, negative, args.steps, 6.0, 0)  # noqa: E731
+    ref_fn(), ours_fn()  # warm-up
+    ours, ref, a = paired(ours_fn, ref_fn, args.repeats)
+    same = torch.allclose(a.float(), ref_fn().float(), atol=1e-4)
+    tiled, whole, _ = paired(lambda: decode_latents(base.vae, a, tiling=True),
+                             lambda: decode_latents(base.vae, a, tiling=False), max(1, args.repeats // 3))
 
     print(f"device {args.device}, {args.precision}, {args.width}x{args.height}x{args.frames}, "
           f"{args.steps} steps, median of {args.repeats}")
