@@ -75,7 +75,7 @@ class Graph:
         return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
                 "last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes,
                 "links": links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.55, "offset": [100, 420]}}, "version": 0.4}
+                "extra": {"ds": {"scale": 0.65, "offset": [120, 560]}}, "version": 0.4}
 
     def _topological(self) -> list[int]:
         done: list[int] = []
@@ -127,7 +127,7 @@ class Graph:
 def dwm_graph(vhs=False, low_vram=False) -> Graph:
     """dwm_basic and its variants: two video loaders, model + LoRA, encode, sample, decode, save."""
     g = Graph()
-    g.add("Note", (0, -380), title="Read me: model files and inputs", size=[700, 330],
+    g.add("Note", (0, -400), title="Read me: model files and inputs", size=[340, 370],
           text=NOTE + ("\n\n" + LOW_VRAM_NOTE if low_vram else ""))
     if vhs:
         load = dict(force_rate=0, custom_width=0, custom_height=0, frame_load_cap=0, skip_first_frames=0,
@@ -170,7 +170,7 @@ def save_frames(g: Graph, frames: Out, pos, prefix: str, title: str, vhs: bool) 
 def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
     """One input, one shared seed, a LoRA loader per strength; the decodes stitched left to right."""
     g = Graph()
-    note = g.add("Note", (0, -380), title="Read me: model files and inputs", size=[700, 330], text=NOTE)
+    note = g.add("Note", (0, -400), title="Read me: model files and inputs", size=[340, 370], text=NOTE)
     static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
     hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
     static = Out((g.add("GetVideoComponents", (360, 0), video=Out((static_v, 0))), 0))
