@@ -2,7 +2,7 @@
 
 Videos are ``[F, H, W, 3]`` float in [0, 1] of the same shape; every metric is computed per frame and
 averaged over frames. PSNR is capped at ``PSNR_CAP`` dB so identical videos give a finite, sortable
-number. SSIM is the standard Gaussian-window SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03, per channel).
+number. SSIM is kornia's standard Gaussian-window SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03, per channel).
 LPIPS and DreamSim need pretrained weights: they run only when those are already on disk (nothing is
 downloaded), otherwise ``perceptual_metrics`` says in one line why each is skipped.
 """
@@ -13,11 +13,12 @@ import importlib.util
 import os
 from collections.abc import Callable
 
+import kornia
 import torch
 import torch.nn.functional as F
 
 PSNR_CAP = 100.0
-SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
+SSIM_WINDOW = 11
 LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, which LPIPS(net="alex") loads
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
@@ -41,28 +42,10 @@ def psnr(pred: torch.Tensor, gt: torch.Tensor) -> float:
     return float(psnr_frames(pred, gt).mean())
 
 
-def _gaussian_window(channels: int) -> torch.Tensor:
-    x = torch.arange(SSIM_WINDOW, dtype=torch.float32) - (SSIM_WINDOW - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
-
-
 def ssim_frames(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """Per-frame SSIM (mean over the valid window positions and channels)."""
+    """Per-frame SSIM (kornia's Gaussian-window SSIM, mean over valid window positions and channels)."""
     pred, gt = _check(pred, gt)
-    x, y = pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)
-    window = _gaussian_window(x.shape[1])
-
-    def blur(t):
-        return F.conv2d(t, window, groups=x.shape[1])
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x ** 2
-    var_y = blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    ssim_map = kornia.metrics.ssim(pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2), SSIM_WINDOW, padding="valid")
     return ssim_map.flatten(1).mean(dim=1)
 
 
