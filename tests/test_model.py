@@ -103,3 +103,9 @@ def test_interop_base_loads(tiny_dir):
     with open(os.path.join(INTEROP, "tiny-v11-base", "transformer", "config.json")) as fh:
         assert json.load(fh)["in_channels"] == 33
     assert base.transformer.patch_embed.proj.weight.shape[1] == DWM_CHANNELS
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DWMError, match="could not load the hub id someone/no-such-dwm-base.*download it first"):
+        load_base("someone/no-such-dwm-base")
