@@ -21,13 +21,14 @@ ROLE_INPUTS = {
     "VHS_LoadVideoFFmpeg": "video",
     "DWMTextEncode": "prompt",
     "DWMSampler": "seed",
+    "PrimitiveInt": "value",  # a shared seed node feeding several samplers
 }
-# role -> (_meta.title that marks its node, the sample's video it uploads: a dwm.dataset video key)
+# role -> (_meta.titles that mark its node, the sample's video it uploads: a dwm.dataset video key)
 ROLES = {
-    "static_video": ("static video", "static"),
-    "hand_video": ("hand video", "hands"),
-    "prompt": ("prompt", None),
-    "sampler": ("sampler", None),
+    "static_video": (("static video",), "static"),
+    "hand_video": (("hand video",), "hands"),
+    "prompt": (("prompt",), None),
+    "sampler": (("sampler", "seed"), None),
 }
 
 
@@ -101,16 +102,17 @@ def parse_value(text: str):
 def find_targets(wf: dict, overrides: list[str]) -> dict[str, tuple[str, str]]:
     """role -> (node_id, input) from `_meta.title`, then --target overrides on top."""
     targets: dict[str, tuple[str, str]] = {}
-    for role, (title, *_rest) in ROLES.items():
+    for role, (titles, _video) in ROLES.items():
         hits = [nid for nid, n in wf.items()
-                if str(n.get("_meta", {}).get("title", "")).strip().lower() == title]
+                if str(n.get("_meta", {}).get("title", "")).strip().lower() in titles]
+        title = " or ".join(repr(t) for t in titles)
         if len(hits) > 1:
-            raise UsageError(f"several nodes are titled {title!r} ({', '.join(hits)}): "
+            raise UsageError(f"several nodes are titled {title} ({', '.join(hits)}): "
                              f"keep one or pass --target {role}=NODE_ID.INPUT")
         if hits:
             cls = wf[hits[0]]["class_type"]
             if cls not in ROLE_INPUTS:
-                raise UsageError(f"node {hits[0]} titled {title!r} is a {cls}, whose input for it is "
+                raise UsageError(f"node {hits[0]} titled {title} is a {cls}, whose input for it is "
                                  f"unknown: pass --target {role}=NODE_ID.INPUT")
             targets[role] = (hits[0], ROLE_INPUTS[cls])
     for spec in overrides:

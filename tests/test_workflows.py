@@ -43,14 +43,10 @@ def test_workflow_fits_schemas_and_its_api_twin(name, schemas):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_has_queue_targets(name):
-    """dwm.queue finds the videos and the prompt by title; the seed by title or the documented --target."""
+    """dwm.queue finds the videos, the prompt and the seed (a sampler, or a shared seed node) by title."""
     wf = load(name, api=True)
     targets = find_targets(wf, [])
-    assert {"static_video", "hand_video", "prompt"} <= set(targets)
-    if "sampler" not in targets:  # a shared seed node, named in the workflow's note
-        seed_node = next(nid for nid, n in wf.items() if n["_meta"]["title"] == "seed")
-        assert f"--target sampler={seed_node}.value" in _note(name)
-        targets = find_targets(wf, [f"sampler={seed_node}.value"])
+    assert {"static_video", "hand_video", "prompt", "sampler"} <= set(targets)
     node, inp = targets["sampler"]
     assert isinstance(wf[node]["inputs"][inp], int)
 

@@ -182,8 +182,7 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
                        width=720, height=480, num_frames=49, tiled_vae=True, seed=0), 0))
     seed = Out((g.add("PrimitiveInt", (720, 380), "seed", value=42), 0))
     g.nodes[note - 1]["inputs"]["text"] += (
-        f"\n\nThe Int node titled 'seed' feeds every sampler; with python -m dwm.queue pass "
-        f"--target sampler={seed[0]}.value so each job's seed reaches all three.")
+        "\n\nThe Int node titled 'seed' feeds every sampler; python -m dwm.queue sets it for each job.")
     decoded = []
     for i, strength in enumerate(strengths):
         y = i * 340
