@@ -57,7 +57,7 @@ def run(node_id, **inputs):
     return outputs[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def models_dir(tiny_dir, tmp_path_factory):
     """conftest's tiny bases as models/dwm, beside a folder that only looks like a model, and loras/."""
     bases = Path(tiny_dir["1.1"]).parent
@@ -66,9 +66,9 @@ def models_dir(tiny_dir, tmp_path_factory):
     return {"dwm": bases, "loras": tmp_path_factory.mktemp("loras")}
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def host_folders(models_dir):
-    """What ComfyUI's folder_paths would answer, pointed at the session's model folder."""
+    """What ComfyUI's folder_paths would answer, pointed at this module's model folder (undone after it)."""
     def roots(folders):
         return [str(models_dir["dwm" if "dwm" in folders else "loras"])]
 
@@ -77,12 +77,12 @@ def host_folders(models_dir):
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def model():
     return run("DWMModelLoader", model="tiny-v1.1", precision="fp32")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lora_names(model, models_dir):
     loras = models_dir["loras"]
     save_checkpoint_file(random_checkpoint(model.base, seed=1), str(loras / "dwm_a.safetensors"))
@@ -91,17 +91,17 @@ def lora_names(model, models_dir):
     return "dwm_a.safetensors", "runs/dwm_b"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def videos():
     return random_frames(12, 72, 80, seed=0), random_frames(12, 72, 80, seed=1)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cond(model):
     return run("DWMTextEncode", model=model, prompt="open the drawer")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def scene(model, videos):
     return run("DWMSceneEncode", model=model, static_video=videos[0], hand_video=videos[1], **SMALL)
 
