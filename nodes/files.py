@@ -69,11 +69,9 @@ def base_choices() -> list[str]:
 def lora_choices() -> list[str]:
     names = []
     for root in host.model_roots(host.LORA_FOLDERS):
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            if LORA_FILE in files:
+        for folder, _dirs, files in os.walk(root, followlinks=True):
+            if LORA_FILE in files:  # a reference output folder; our trainer's also holds a single file
                 names.append(_rel(root, folder))
-                dirs.clear()
-                continue
             names += [_rel(root, os.path.join(folder, f)) for f in files
                       if f.endswith(".safetensors") and is_dwm_file(os.path.join(folder, f))]
     return sorted(dict.fromkeys(names))

@@ -10,12 +10,12 @@ import torch
 from diffusers import CogVideoXDDIMScheduler
 
 from dwm.checkpoint import load_checkpoint
+from dwm.dataset import read_list
 from dwm.errors import DWMError
 from dwm.lora import activate
 from dwm.model import load_base
 from training import checkpointing
 from training.batch import make_step_inputs
-from dwm.dataset import read_list
 from training.data import DWMDataset
 from training.loss import training_loss
 from training.train import run
@@ -90,6 +90,28 @@ def test_every_checkpoint_exports_loadable_loras_that_change_the_output(overfit_
         assert not torch.allclose(out(), plain)
         activate(base, [])
         torch.testing.assert_close(out(), plain)
+
+
+def test_final_export_loads_in_the_lora_loader_node_and_changes_its_output(overfit_run, tiny_v11, monkeypatch):
+    import nodes
+    from conftest import random_frames
+    from nodes import host
+
+    loras = os.path.dirname(overfit_run.final_lora)  # final/: the single file beside the reference files
+    monkeypatch.setattr(host, "model_roots", lambda folders: [loras if "loras" in folders else
+                                                              os.path.dirname(tiny_v11)])
+    n = nodes.NODE_CLASS_MAPPINGS
+    model = n["DWMModelLoader"]().load(os.path.basename(tiny_v11), "fp32", "cpu")[0]
+    assert os.path.basename(overfit_run.final_lora) in n["DWMLoraLoader"].INPUT_TYPES()["required"]["lora"][0]
+    dwm_model = n["DWMLoraLoader"]().load(model, os.path.basename(overfit_run.final_lora), 1.0)[0]
+    cond = n["DWMTextEncode"]().encode(model, "open the drawer")[0]
+    scene = n["DWMSceneEncode"]().encode(model, random_frames(9, 64, 96, 1), random_frames(9, 64, 96, 2),
+                                         96, 64, 9, True, 0)[0]
+
+    def latents(handle):
+        return n["DWMSampler"]().sample(handle, cond, scene, 2, 6.0, "ddim", 0, 1, False)[0].samples
+
+    assert not torch.allclose(latents(dwm_model), latents(model))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_v11, prepared_data):
