@@ -2,7 +2,7 @@
 
 A base is a folder whose ``transformer/config.json`` declares a CogVideoX transformer. A DWM LoRA is
 a reference output folder (it holds ``pytorch_lora_weights.safetensors``) or a ``.safetensors``
-file whose header lists the widened patch projection. Choices are paths relative to their root,
+file whose header lists LoRA tensors and the widened patch projection. Choices are paths relative to their root,
 with ``/`` separators, so saved workflows work across operating systems.
 """
 
@@ -31,7 +31,8 @@ def is_base_folder(path: str) -> bool:
 
 
 def is_dwm_file(path: str) -> bool:
-    """True when the safetensors header holds ``patch_embed.proj.weight`` (cached by mtime)."""
+    """True when the safetensors header holds LoRA tensors and ``patch_embed.proj.weight`` (cached by
+    mtime): a whole DWM checkpoint, not the reference folder's ``non_lora_weights.safetensors`` alone."""
     try:
         mtime = os.path.getmtime(path)
         cached = _header_cache.get(path)
@@ -39,7 +40,8 @@ def is_dwm_file(path: str) -> bool:
             with safe_open(path, framework="pt") as fh:
                 keys = set(fh.keys())
             wanted = PROJ_KEYS[0]
-            _header_cache[path] = (mtime, wanted in keys or PREFIX + wanted in keys)
+            has_proj = wanted in keys or PREFIX + wanted in keys
+            _header_cache[path] = (mtime, has_proj and any(".lora_A." in k for k in keys))
         return _header_cache[path][1]
     except Exception:  # unreadable or not safetensors: simply not a DWM LoRA
         return False
