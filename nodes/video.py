@@ -57,7 +57,13 @@ class DWMCompare:
 
     def compare(self, static_video, hand_video, output, ground_truth=None):
         frames = output.shape[0]
-        panels = [match_length(static_video, frames), match_length(hand_video, frames), output]
+        # A batch decodes to its videos one after another: repeat the inputs once per video.
+        repeats = frames // static_video.shape[0] if frames % static_video.shape[0] == 0 else 1
+
+        def fit(video):
+            return match_length(video.repeat(repeats, 1, 1, 1), frames)
+
+        panels = [fit(static_video), fit(hand_video), output]
         if ground_truth is not None:
-            panels.append(match_length(ground_truth, frames))
+            panels.append(fit(ground_truth))
         return (side_by_side(panels, height=output.shape[1]),)

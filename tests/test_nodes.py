@@ -143,7 +143,11 @@ def test_batch_frames_are_concatenated(model, cond, scene):
     latents = run("DWMSampler", model=model, conditioning=cond, scene=scene, batch_size=2, steps=1)
     single = run("DWMSampler", model=model, conditioning=cond, scene=scene, seed=43, steps=1)
     assert torch.allclose(latents.samples[1], single.samples[0], atol=1e-5)
-    assert run("DWMDecode", model=model, latents=latents).shape == (18, 64, 64, 3)
+    frames = run("DWMDecode", model=model, latents=latents)
+    assert frames.shape == (18, 64, 64, 3)
+    static = random_frames(9, 64, 64, seed=5)
+    side = run("DWMCompare", static_video=static, hand_video=static, output=frames)
+    assert side.shape[0] == 18 and torch.equal(side[9, :, :64], side[0, :, :64])  # inputs shown per video
 
 
 def test_model_loader_caches(model):
