@@ -1,4 +1,4 @@
-"""Headless command line: ``python -m dwm generate | demo | tiny-model``."""
+"""Headless command line: python -m dwm generate | demo | tiny-model."""
 
 from __future__ import annotations
 
