@@ -48,6 +48,7 @@ def _add_sampling_args(p: argparse.ArgumentParser, steps: int, width: int, heigh
     p.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch", type=int, default=1, help="videos per input, seeds seed..seed+batch-1")
+    p.add_argument("--scene-seed", type=int, default=0, help="seed of the hand video's latent sample")
     p.add_argument("--dynamic-cfg", action="store_true")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                    help="auto = bf16 on a GPU, fp32 on the CPU")
@@ -116,7 +117,7 @@ def run_one(base, loras, args, static: str, hands: str, prompt: str, out: str,
     with tqdm(total=settings.steps, desc=label or os.path.basename(out), unit="step", leave=False) as bar:
         videos = generate(base, static_frames, hand_frames, prompt, args.negative_prompt, loras, settings,
                           args.width, args.height, args.num_frames or None, tiling=not args.no_tiling,
-                          on_step=lambda i, n, _: bar.update(1))
+                          scene_seed=args.scene_seed, on_step=lambda i, n, _: bar.update(1))
     for path, video in zip(_output_paths(out, settings.batch, settings.seed), videos):
         write_video(path, video, fps)
     if compare:

@@ -150,6 +150,18 @@ def test_batch_frames_are_concatenated(model, cond, scene):
     assert side.shape[0] == 18 and torch.equal(side[9, :, :64], side[0, :, :64])  # inputs shown per video
 
 
+def test_nodes_and_headless_pipeline_give_the_same_video(model, cond, scene, videos, lora_names):
+    from dwm.pipeline import generate
+    from dwm.sampler import SamplerSettings
+
+    lora_model = run("DWMLoraLoader", model=model, lora=lora_names[0], strength=0.7)
+    latents = run("DWMSampler", model=lora_model, conditioning=cond, scene=scene, steps=2, seed=7)
+    via_nodes = run("DWMDecode", model=model, latents=latents)
+    headless = generate(model.base, videos[0], videos[1], "open the drawer", loras=lora_model.loras,
+                        settings=SamplerSettings(steps=2, seed=7), **SMALL)
+    torch.testing.assert_close(via_nodes, headless[0], rtol=0, atol=1e-5)
+
+
 def test_model_loader_caches(model):
     assert run("DWMModelLoader", model="tiny-v1.1", precision="fp32").base is model.base
 
