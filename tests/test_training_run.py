@@ -122,7 +122,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_v11, p
     good = os.path.join(out, "checkpoint-2")
     for stem in ("00055", "00013"):
         path = os.path.join(root, "video_latents", stem + ".pt")
-        torch.save(torch.full_like(torch.load(path), float("nan")), path)
+        torch.save(torch.full_like(torch.load(path, weights_only=True), float("nan")), path)
     with pytest.raises(DWMError, match=r"loss became nan at step 3.*Last good checkpoint: .*checkpoint-2"):
         run(config(tiny_v11, root, out, max_train_steps=6, checkpointing_steps=1, resume="latest"))
     assert [p for _, p in checkpointing.list_checkpoints(out)] == [good]
