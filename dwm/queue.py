@@ -39,6 +39,7 @@ UPLOAD_SUBFOLDER = "dwm_queue"
 BACKOFF_S = 0.5  # first retry delay; doubles each try
 BACKOFF_MAX_S = 8.0
 POLL_S = 1.0  # websocket read timeout; on timeout the queued jobs' history is polled
+CANCEL_WAIT_S = 15.0  # after Ctrl-C, how long to wait for our running prompt to stop
 TRANSIENT_HTTP = {502, 503, 504}
 
 
@@ -124,10 +125,13 @@ class Comfy:
             return {"status": r.status_code, **_json(r)}
         return self._retry("POST /prompt", send)
 
-    def known(self, prompt_id: str) -> bool:
+    def queued(self) -> set[str]:
+        """Ids of the running and pending prompts (everyone's)."""
         q = self.get("/queue").json()
-        ids = {item[1] for item in q["queue_running"] + q["queue_pending"]}
-        return prompt_id in ids or bool(self.history(prompt_id))
+        return {item[1] for item in q["queue_running"] + q["queue_pending"]}
+
+    def known(self, prompt_id: str) -> bool:
+        return prompt_id in self.queued() or bool(self.history(prompt_id))
 
     def history(self, prompt_id: str) -> dict | None:
         return self.get(f"/history/{prompt_id}").json().get(prompt_id)
@@ -268,14 +272,24 @@ class Batch:
             self.collect(job)
 
     def cancel(self) -> None:
-        """Ctrl-C: drop our pending prompts and stop our running one; others' are left alone."""
-        ours = list(self.inflight)
+        """Ctrl-C: drop our pending prompts and stop our running one; others' are left alone.
+
+        The running prompt stops at its next interrupt check; once it has left the queue its result
+        is known: a job that finished before the interrupt reached it keeps its outputs (done), the
+        others are recorded as cancelled and run again on the next invocation.
+        """
+        ours = set(self.inflight)
         if ours:
-            self.comfy.post("/queue", {"delete": ours})
+            self.comfy.post("/queue", {"delete": sorted(ours)})
             for pid in ours:  # the server interrupts only if this id is the running one
                 self.comfy.post("/interrupt", {"prompt_id": pid})
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while ours & self.comfy.queued() and time.monotonic() < deadline:
+                time.sleep(POLL_S / 4)
         for job in list(self.inflight.values()):
-            job.status, job.error = "cancelled", "cancelled by Ctrl-C"
+            entry = self.comfy.history(job.prompt_id)
+            if not (entry and entry.get("status", {}).get("status_str") == "success" and self.collect(job)):
+                job.status, job.error = "cancelled", "cancelled by Ctrl-C"
         self.inflight.clear()
         self.manifest.save()
 

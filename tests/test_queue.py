@@ -196,6 +196,24 @@ def test_ctrl_c_interrupts_our_running_prompt(data):
     assert manifest(data)[("00013", 0)]["status"] == "cancelled"
 
 
+def test_ctrl_c_keeps_a_job_that_finished_before_it(data, monkeypatch):
+    """The server finished the job, Ctrl-C came before we read that: its outputs are still collected."""
+    data["list"].write_text("00013\n")
+    with FakeComfy() as fake:
+        def finished_then_ctrl_c(self):
+            deadline = time.time() + 5
+            while not fake.history and time.time() < deadline:
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(q.Comfy, "next_message", finished_then_ctrl_c)
+        assert run(fake.url, data) == 130
+        assert fake.interrupted == set()
+    job = manifest(data)[("00013", 0)]
+    assert job["status"] == "done" and job["outputs"]
+    assert all((data["out"] / name).is_file() for name in job["outputs"])
+
+
 def test_max_queued_bounds_our_prompts(data):
     seen = []
     with FakeComfy() as fake:
