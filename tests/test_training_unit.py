@@ -199,3 +199,16 @@ def test_on_the_fly_and_precomputed_items_mix_in_one_batch(raw_data, prepared_da
     assert inputs.latents.shape == (2, 3, 16, 8, 12)
     assert inputs.hands.abs().sum() == 0
     torch.testing.assert_close(inputs.prompt_embeds[0], inputs.prompt_embeds[1])  # both dropped to ""
+
+
+def test_missing_train_extra_fails_before_training(monkeypatch):
+    import importlib.util
+
+    from training.config import TrainConfig
+    from training.train import check_extras
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(DWMError, match=r"tensorboard not installed.*pip install -e '\.\[train\]'"):
+        check_extras(TrainConfig(report_to="tensorboard"))
+    check_extras(TrainConfig(report_to="none"))

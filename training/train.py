@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import sys
 import time
@@ -74,10 +75,20 @@ class LossLog:
             csv.DictWriter(fh, fieldnames=FIELDS).writerow(row)
 
 
+def check_extras(cfg: TrainConfig) -> None:
+    """Fail before hours of training, not at its end, when the ``train`` extra is missing."""
+    needed = ["matplotlib"] + (["tensorboard"] if cfg.report_to == "tensorboard" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise DWMError("training", f"{', '.join(missing)} not installed (the loss curve and the "
+                       "TensorBoard log need them)", "pip install -e '.[train]' (or --report_to none)")
+
+
 class Trainer:
     """Holds the run's objects; ``run()`` is the loop."""
 
     def __init__(self, cfg: TrainConfig):
+        check_extras(cfg)
         self.cfg = cfg
         plugin = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
         self.acc = Accelerator(
