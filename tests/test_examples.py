@@ -35,6 +35,15 @@ def test_real_sample_runs_end_to_end_small(base11, data_root, sample, tmp_path):
     assert read_video(out)[0].shape[0] == 49
 
 
+def test_v15_base_runs_49_frames_where_the_reference_crashes(base15, data_root):
+    """49 frames = 13 latent frames, odd for V1.5's temporal patches: padded, denoised, dropped."""
+    static, _ = read_video(os.path.join(data_root, "videos_static", "00055.mp4"))
+    hands, _ = read_video(os.path.join(data_root, "videos_hands", "00055.mp4"))
+    videos = generate(base15, static, hands, "I open the fridge", settings=SamplerSettings(steps=2),
+                      width=96, height=64)
+    assert videos.shape == (1, 49, 64, 96, 3) and torch.isfinite(videos).all()
+
+
 @pytest.mark.slow
 def test_full_size_generate_cli_writes_49_frame_720x480(tiny_dir, data_root, tmp_path, capsys):
     out, compare = tmp_path / "out.mp4", tmp_path / "compare.mp4"
