@@ -19,10 +19,6 @@ UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 SEED_NAMES = ("seed", "noise_seed")  # the editor adds a control widget to these even without the flag
 
 
-class WorkflowError(Exception):
-    """A workflow that does not fit the node schemas; the message lists every problem."""
-
-
 def node_spec(cls) -> dict:
     """An ``/object_info``-shaped entry from a node class's own declarations."""
     inputs = cls.INPUT_TYPES()
