@@ -165,7 +165,9 @@ def cmd_demo(args) -> None:
     if not args.model:
         print("DWM demo on a tiny RANDOM-WEIGHT model: the pipeline runs end to end, but the output video "
               "is noise-like and means nothing. For real results train a DWM LoRA (see README, Training) "
-              "and run: python -m dwm generate --model <CogVideoX-Fun-5b-InP folder> --lora <your LoRA> ...")
+              "and run: python -m dwm generate --model <CogVideoX-Fun-5b-InP folder> --lora <your LoRA> ...\n"
+              "(Its tokenizer spells words letter by letter, so a warning that the prompt was cut to "
+              "226 tokens is expected here; T5's own tokenizer fits this prompt.)")
     base = load_base(model, precision, device)
     loras = [(load_checkpoint(path), strength) for path, strength in map(parse_lora, args.lora)]
     os.makedirs(args.out_dir, exist_ok=True)
