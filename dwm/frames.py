@@ -37,6 +37,13 @@ def check_size(width: int, height: int) -> None:
                            f"use e.g. 720x480 (the paper's size); sizes must be multiples of {SIZE_MULTIPLE}")
 
 
+def check_num_frames(num_frames: int) -> None:
+    if num_frames < 1 or (num_frames - 1) % 4:
+        raise DWMError("num_frames", f"{num_frames} is not of the form 4k+1",
+                       f"use {valid_frame_count(max(num_frames, 1))} or {valid_frame_count(max(num_frames, 1)) + 4} "
+                       "(49 is the paper's)")
+
+
 def check_frames(frames: torch.Tensor, name: str) -> None:
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         shape = list(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
@@ -58,10 +65,8 @@ def fit_frame_count(frames: torch.Tensor, num_frames: int | None, name: str) -> 
     have = frames.shape[0]
     if num_frames is None or num_frames <= 0:
         target = valid_frame_count(have)
-    elif (num_frames - 1) % 4:
-        raise DWMError("num_frames", f"{num_frames} is not of the form 4k+1",
-                       f"use {valid_frame_count(num_frames)} or {valid_frame_count(num_frames) + 4} (49 is the paper's)")
     else:
+        check_num_frames(num_frames)
         target = num_frames
     if have > target:
         log.warning(f"{name}: {have} frames, using the first {target} (the VAE needs 4k+1 frames; "

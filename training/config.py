@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from dwm.errors import DWMError
+from dwm.frames import check_num_frames, check_size
 
 
 @dataclass
@@ -64,11 +65,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """Catch values that would only fail hours into a run."""
-        if (self.num_frames - 1) % 4:
-            raise DWMError("num_frames", f"{self.num_frames} is not of the form 4k+1", "use 49 (the paper's) or 4k+1")
-        for name in ("width", "height"):
-            if getattr(self, name) % 16:
-                raise DWMError(name, f"{getattr(self, name)} is not a multiple of 16", "use e.g. 720x480")
+        check_num_frames(self.num_frames)
+        check_size(self.width, self.height)
         for name in ("prompt_dropout", "hand_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DWMError(name, f"{getattr(self, name)} is not a probability", "use a value in [0, 1]")
