@@ -88,10 +88,9 @@ def initial_noise(seeds: list[int], shape: tuple) -> torch.Tensor:
     return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-def _repeat(x: torch.Tensor, n: int, pad: int) -> torch.Tensor:
-    if pad:
-        x = torch.cat([x[:, :1].expand(-1, pad, -1, -1, -1), x], dim=1)
-    return x.expand(n, *x.shape[1:])
+def pad_frames(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Prepend ``pad`` copies of the first latent frame (V1.5's rule for the conditions)."""
+    return torch.cat([x[:, :1].expand(-1, pad, -1, -1, -1), x], dim=1) if pad else x
 
 
 @torch.no_grad()
@@ -118,8 +117,8 @@ def sample(base: DWMBase, scene: SceneLatents, positive: torch.Tensor, negative:
     step_generators = [torch.Generator().manual_seed((s + 1_000_003) % SEED_RANGE) for s in settings.seeds]
 
     n = 2 * batch if cfg else batch
-    static = _repeat(scene.static.to(device, dtype), n, pad)
-    hands = _repeat(scene.hands.to(device, dtype), n, pad)
+    static, hands = (pad_frames(x.to(device, dtype), pad).expand(n, -1, -1, -1, -1)
+                     for x in (scene.static, scene.hands))
     prompts = [positive.to(device, dtype).expand(batch, -1, -1)]
     if cfg:
         neg = negative if negative is not None else encode_prompt(base, "")

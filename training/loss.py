@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dwm.sampler import VAE_SPATIAL, dwm_model_input, rotary_embedding, temporal_padding
+from dwm.sampler import VAE_SPATIAL, dwm_model_input, pad_frames, rotary_embedding, temporal_padding
 
 
 def diffusion_loss(scheduler, v: torch.Tensor, noisy: torch.Tensor, latents: torch.Tensor,
@@ -26,11 +26,6 @@ def diffusion_loss(scheduler, v: torch.Tensor, noisy: torch.Tensor, latents: tor
     weights = (1 / (1 - alphas)).view(-1, *([1] * (latents.ndim - 1)))
     per_sample = (weights * (x0_pred - latents.float()) ** 2).flatten(1).mean(dim=1)
     return per_sample.mean()
-
-
-def pad_frames(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Prepend ``pad`` copies of the first latent frame (the sampler's rule for the conditions)."""
-    return torch.cat([x[:, :1].expand(-1, pad, -1, -1, -1), x], dim=1) if pad else x
 
 
 def training_loss(model, transformer, scheduler, latents: torch.Tensor, static: torch.Tensor,
