@@ -1,6 +1,6 @@
 """Sampler overhead and VAE tiling cost, as ratios against plain reference runs in the same process.
 
-* ``sampler``: ``dwm.sampler.sample`` against a plain loop that calls the same transformer and
+* ``sampler``: ``dwm.cogvideox.sampler.sample`` against a plain loop that calls the same transformer and
   scheduler directly (inputs concatenated inline, no callbacks, no checks). The ratio is the cost
   of our structure: progress, cancel, V1.5 padding, NaN check. It should stay close to 1.
 * ``decode``: tiled against untiled VAE decode. Tiling bounds GPU memory; the ratio is its time cost.
@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from dwm.decode import decode_latents
-from dwm.model import load_base
-from dwm.sampler import SamplerSettings, dwm_model_input, initial_noise, rotary_embedding, sample
-from dwm.scene import SceneLatents
-from dwm.text import encode_prompt
-from dwm.tiny import default_tiny_model
+from dwm.cogvideox.decode import decode_latents
+from dwm.cogvideox.model import load_base
+from dwm.cogvideox.sampler import SamplerSettings, dwm_model_input, initial_noise, rotary_embedding, sample
+from dwm.cogvideox.scene import SceneLatents
+from dwm.cogvideox.text import encode_prompt
+from dwm.cogvideox.tiny import default_tiny_model
 
 
 def plain_loop(base, scene, positive, negative, steps: int, guidance: float, seed: int) -> torch.Tensor:

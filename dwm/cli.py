@@ -10,13 +10,13 @@ import sys
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
+from .cogvideox.checkpoint import load_checkpoint
 from .compare import side_by_side
 from .dataset import read_list, read_prompt
 from .errors import DWMCancelled, DWMError
-from .model import load_base
-from .pipeline import generate
-from .sampler import SCHEDULERS, SamplerSettings
+from .cogvideox.model import load_base
+from .cogvideox.pipeline import generate
+from .cogvideox.sampler import SCHEDULERS, SamplerSettings
 from .video_io import read_video, write_video
 
 DEFAULT_MODEL = os.environ.get("DWM_MODEL", "alibaba-pai/CogVideoX-Fun-V1.1-5b-InP")
@@ -157,7 +157,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .tiny import default_tiny_model
+    from .cogvideox.tiny import default_tiny_model
 
     sample = os.path.join(EXAMPLES, "00055")
     model = args.model or default_tiny_model()
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.command == "tiny-model":
-            from .tiny import make_tiny_model
+            from .cogvideox.tiny import make_tiny_model
 
             print(f"wrote {make_tiny_model(args.out, args.version)}")
         elif args.command == "demo":

@@ -11,10 +11,10 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from .conditioning import DWMSceneEncode, DWMTextEncode  # noqa: E402
-from .loaders import DWMLoraLoader, DWMModelLoader  # noqa: E402
-from .sampling import DWMSampler  # noqa: E402
-from .video import DWMCompare, DWMDecode  # noqa: E402
+from .cogvideox.conditioning import DWMSceneEncode, DWMTextEncode  # noqa: E402
+from .cogvideox.loaders import DWMLoraLoader, DWMModelLoader  # noqa: E402
+from .cogvideox.sampling import DWMSampler  # noqa: E402
+from .cogvideox.video import DWMCompare, DWMDecode  # noqa: E402
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
     DWMModelLoader, DWMLoraLoader, DWMTextEncode, DWMSceneEncode, DWMSampler, DWMDecode, DWMCompare)}

@@ -10,9 +10,9 @@ import re
 import pytest
 import torch
 
-from dwm.checkpoint import DWMCheckpoint
-from dwm.model import load_base
-from dwm.tiny import make_tiny_model
+from dwm.cogvideox.checkpoint import DWMCheckpoint
+from dwm.cogvideox.model import load_base
+from dwm.cogvideox.tiny import make_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("DWM_SHARED", os.path.join(os.path.dirname(REPO), "shared"))

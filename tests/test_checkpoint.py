@@ -11,11 +11,11 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from conftest import INTEROP, need, random_checkpoint
-from dwm.checkpoint import load_checkpoint, save_checkpoint_file, save_reference_folder
+from dwm.cogvideox.checkpoint import load_checkpoint, save_checkpoint_file, save_reference_folder
 from dwm.errors import DWMError
-from dwm.lora import activate
-from dwm.model import load_base
-from dwm.sampler import dwm_model_input, rotary_embedding
+from dwm.cogvideox.lora import activate
+from dwm.cogvideox.model import load_base
+from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

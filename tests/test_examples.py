@@ -11,8 +11,8 @@ import torch
 from conftest import EXAMPLES, SAMPLE_IDS, need
 from dwm.cli import main
 from dwm.dataset import Sample, read_prompt
-from dwm.pipeline import generate
-from dwm.sampler import SamplerSettings
+from dwm.cogvideox.pipeline import generate
+from dwm.cogvideox.sampler import SamplerSettings
 from dwm.video_io import read_video, write_video
 
 

@@ -11,8 +11,8 @@ import torch
 from diffusers import CogVideoXTransformer3DModel
 
 from dwm.errors import DWMError
-from dwm.model import DWM_CHANNELS, load_base
-from dwm.sampler import dwm_model_input, rotary_embedding
+from dwm.cogvideox.model import DWM_CHANNELS, load_base
+from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
 
 
 def _forward(transformer, hidden, text, frames_h_w):

@@ -13,11 +13,11 @@ sys.path.insert(0, str(ROOT))
 
 import nodes  # noqa: E402
 from conftest import random_checkpoint, random_frames  # noqa: E402
-from dwm.checkpoint import save_checkpoint_file, save_reference_folder  # noqa: E402
+from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder  # noqa: E402
 from dwm.errors import DWMError  # noqa: E402
-from dwm.scene import SceneLatents  # noqa: E402
+from dwm.cogvideox.scene import SceneLatents  # noqa: E402
 from nodes import host  # noqa: E402
-from nodes.sockets import Conditioning, Latents, ModelHandle  # noqa: E402
+from nodes.cogvideox.sockets import Conditioning, Latents, ModelHandle  # noqa: E402
 
 NODES = nodes.NODE_CLASS_MAPPINGS
 SMALL = {"width": 64, "height": 64, "num_frames": 9}
@@ -151,8 +151,8 @@ def test_batch_frames_are_concatenated(model, cond, scene):
 
 
 def test_nodes_and_headless_pipeline_give_the_same_video(model, cond, scene, videos, lora_names):
-    from dwm.pipeline import generate
-    from dwm.sampler import SamplerSettings
+    from dwm.cogvideox.pipeline import generate
+    from dwm.cogvideox.sampler import SamplerSettings
 
     lora_model = run("DWMLoraLoader", model=model, lora=lora_names[0], strength=0.7)
     latents = run("DWMSampler", model=lora_model, conditioning=cond, scene=scene, steps=2, seed=7)

@@ -7,9 +7,9 @@ import torch
 
 from conftest import random_frames
 from dwm.errors import DWMCancelled, DWMError
-from dwm.sampler import SamplerSettings, sample
-from dwm.scene import encode_scene
-from dwm.text import encode_prompt
+from dwm.cogvideox.sampler import SamplerSettings, sample
+from dwm.cogvideox.scene import encode_scene
+from dwm.cogvideox.text import encode_prompt
 
 
 def scene_for(base, frames: int = 9):

@@ -9,7 +9,7 @@ from conftest import expect_log, random_frames
 from dwm.errors import DWMError
 from dwm.frames import fit_frame_count, prepare_frames, resize_cover, valid_frame_count
 from dwm.preview import latents_to_rgb
-from dwm.scene import encode_scene
+from dwm.cogvideox.scene import encode_scene
 
 
 def test_valid_frame_counts():

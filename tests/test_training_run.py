@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler
 
-from dwm.checkpoint import load_checkpoint
+from dwm.cogvideox.checkpoint import load_checkpoint
 from dwm.dataset import read_list
 from dwm.errors import DWMError
-from dwm.lora import activate
-from dwm.model import load_base
+from dwm.cogvideox.lora import activate
+from dwm.cogvideox.model import load_base
 from training import checkpointing
 from training.batch import make_step_inputs
 from training.data import DWMDataset
@@ -75,7 +75,7 @@ def test_every_checkpoint_exports_loadable_loras_that_change_the_output(overfit_
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, 49, 8, 12, generator=g)
     text = torch.randn(1, 226, 32, generator=g)
-    from dwm.sampler import rotary_embedding
+    from dwm.cogvideox.sampler import rotary_embedding
 
     rope = rotary_embedding(base.transformer, 64, 96, 3, "cpu")
 

@@ -10,8 +10,8 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
 from dwm.errors import DWMError
-from dwm.model import load_base
-from dwm.sampler import dwm_model_input, rotary_embedding
+from dwm.cogvideox.model import load_base
+from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
 from training.batch import make_step_inputs
 from training.config import load_config
 from dwm.dataset import read_list

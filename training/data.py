@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from dwm.dataset import VIDEO_DIRS, Sample, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
-from dwm.model import LATENT_CHANNELS
-from dwm.text import TEXT_TOKENS
+from dwm.cogvideox.model import LATENT_CHANNELS
+from dwm.cogvideox.text import TEXT_TOKENS
 from dwm.video_io import read_video
 
 def latent_shape(width: int, height: int, num_frames: int) -> tuple:

@@ -1,7 +1,7 @@
 """What trains: a peft LoRA on the attention projections plus the whole widened ``patch_embed.proj``.
 
 The LoRA's B matrices start at zero and the hand channels of the projection start at zero (see
-``dwm.model.widen_patch_embed``), so at step 0 the model is exactly the base inpainting model.
+``dwm.cogvideox.model.widen_patch_embed``), so at step 0 the model is exactly the base inpainting model.
 Trainable tensors are kept in float32 under bf16 mixed precision (the frozen base stays bf16).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
-from dwm.checkpoint import DWMCheckpoint
-from dwm.model import DWMBase
+from dwm.cogvideox.checkpoint import DWMCheckpoint
+from dwm.cogvideox.model import DWMBase
 
 ADAPTER = "default"
 PROJ = "patch_embed.proj."

@@ -1,4 +1,4 @@
-"""The reference training objective, on the DWM input of ``dwm.sampler`` (one definition for both).
+"""The reference training objective, on the DWM input of ``dwm.cogvideox.sampler`` (one definition for both).
 
 ``noisy = add_noise(x0, noise, t)``, the model predicts v, ``x0_pred = get_velocity(v, noisy, t)``
 (for v-prediction this is ``sqrt(a_t) * noisy - sqrt(1 - a_t) * v``) and the loss is
@@ -6,7 +6,7 @@
 the batch, computed in float32.
 
 V1.5 bases patch two latent frames together; an odd latent count gets the frames of
-``dwm.sampler.temporal_padding`` prepended, as the sampler does at inference: the video, static and
+``dwm.cogvideox.sampler.temporal_padding`` prepended, as the sampler does at inference: the video, static and
 hand latents repeat their first frame, the noise covers the padded frame too, and the padded frame is
 left out of the loss (the sampler drops it from the output).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dwm.sampler import VAE_SPATIAL, dwm_model_input, pad_frames, rotary_embedding, temporal_padding
+from dwm.cogvideox.sampler import VAE_SPATIAL, dwm_model_input, pad_frames, rotary_embedding, temporal_padding
 
 
 def diffusion_loss(scheduler, v: torch.Tensor, noisy: torch.Tensor, latents: torch.Tensor,

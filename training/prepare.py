@@ -25,9 +25,9 @@ from dwm.atomic import atomic_path
 from dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
-from dwm.model import load_base
-from dwm.scene import configure_vae
-from dwm.text import encode_prompt
+from dwm.cogvideox.model import load_base
+from dwm.cogvideox.scene import configure_vae
+from dwm.cogvideox.text import encode_prompt
 from dwm.video_io import read_video
 
 from .batch import latent_distribution

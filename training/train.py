@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dwm.atomic import atomic_dir
-from dwm.checkpoint import save_checkpoint_file, save_reference_folder
+from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder
 from dwm.dataset import read_list
 from dwm.errors import DWMError
 from dwm.metrics import all_metrics
-from dwm.model import DTYPES, load_base
-from dwm.sampler import SamplerSettings
-from dwm.scene import configure_vae
+from dwm.cogvideox.model import DTYPES, load_base
+from dwm.cogvideox.sampler import SamplerSettings
+from dwm.cogvideox.scene import configure_vae
 
 from . import checkpointing
 from .batch import make_step_inputs

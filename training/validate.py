@@ -1,4 +1,4 @@
-"""Validation during training: the nodes' own sampler (``dwm.pipeline.generate``) on held-out samples.
+"""Validation during training: the nodes' own sampler (``dwm.cogvideox.pipeline.generate``) on held-out samples.
 
 For each validation sample it writes ``<name>.mp4`` (the generation) and ``<name>-compare.mp4``
 (static | hands | generation | ground truth) under ``validation/step-<N>/`` and returns PSNR/SSIM
@@ -14,9 +14,9 @@ import torch
 
 from dwm.compare import side_by_side
 from dwm.frames import prepare_frames
-from dwm.model import DWMBase
-from dwm.pipeline import generate
-from dwm.sampler import SamplerSettings
+from dwm.cogvideox.model import DWMBase
+from dwm.cogvideox.pipeline import generate
+from dwm.cogvideox.sampler import SamplerSettings
 from dwm.video_io import read_video, write_video
 
 from dwm.dataset import Sample, read_prompt

@@ -43,8 +43,8 @@ def make_models(models: Path) -> None:
     spec = importlib.util.spec_from_file_location("dwm_test_helpers", REPO / "tests" / "conftest.py")
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
-    from dwm.checkpoint import save_checkpoint_file
-    from dwm.model import load_base
+    from dwm.cogvideox.checkpoint import save_checkpoint_file
+    from dwm.cogvideox.model import load_base
 
     (models / "loras").mkdir(parents=True)
     base = load_base(str(base_dir), "fp32")

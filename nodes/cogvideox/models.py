@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dwm.checkpoint import DWMCheckpoint, load_checkpoint
-from dwm.model import DWMBase, load_base
+from dwm.cogvideox.checkpoint import DWMCheckpoint, load_checkpoint
+from dwm.cogvideox.model import DWMBase, load_base
 
-from . import host
+from .. import host
 
 MANAGED = ("transformer", "vae", "text_encoder")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from dwm.checkpoint import DWMCheckpoint
-from dwm.model import DWMBase
+from dwm.cogvideox.checkpoint import DWMCheckpoint
+from dwm.cogvideox.model import DWMBase
 
 MODEL = "DWM_MODEL"
 CONDITIONING = "DWM_CONDITIONING"
-SCENE = "DWM_SCENE"  # a dwm.scene.SceneLatents, tensors on the CPU
+SCENE = "DWM_SCENE"  # a dwm.cogvideox.scene.SceneLatents, tensors on the CPU
 LATENTS = "DWM_LATENTS"
 CATEGORY = "DWM"
 

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from .atomic import atomic_dir
+from ..atomic import atomic_dir
 
 # The 5B scheduler values (CogVideoX-Fun ships these in scheduler/scheduler_config.json).
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,

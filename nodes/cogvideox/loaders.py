@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dwm.checkpoint import check_fits
-from dwm.model import DTYPES
+from dwm.cogvideox.checkpoint import check_fits
+from dwm.cogvideox.model import DTYPES
 
-from . import files, host, models
+from .. import host
+from . import files, models
 from .sockets import CATEGORY, MODEL, ModelHandle
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import os
 
-from dwm.checkpoint import LORA_FILE, PREFIX, PROJ_KEYS
+from dwm.cogvideox.checkpoint import LORA_FILE, PREFIX, PROJ_KEYS
 from dwm.errors import DWMError
 from safetensors import safe_open
 
-from . import host
+from .. import host
 
 TRANSFORMER_CLASS = "CogVideoXTransformer3DModel"
 BASE_DEPTH = 2  # models/dwm/<name> or models/dwm/<owner>/<name>

@@ -20,8 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_dir, atomic_path
-from .errors import DWMError
+from ..atomic import atomic_dir, atomic_path
+from ..errors import DWMError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 NON_LORA_FILE = "non_lora_weights.safetensors"

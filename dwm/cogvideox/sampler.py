@@ -22,7 +22,7 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
-from .errors import DWMCancelled, DWMError
+from ..errors import DWMCancelled, DWMError
 from .model import DWMBase
 from .scene import SceneLatents
 from .text import encode_prompt

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dwm.scene import encode_scene
-from dwm.text import encode_prompt
+from dwm.cogvideox.scene import encode_scene
+from dwm.cogvideox.text import encode_prompt
 
-from . import host
+from .. import host
 from .sockets import CATEGORY, CONDITIONING, MODEL, SCENE, Conditioning
 
 MAX_SIZE = 2048

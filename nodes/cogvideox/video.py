@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dwm.compare import side_by_side
-from dwm.decode import decode_latents
+from dwm.cogvideox.decode import decode_latents
 from dwm.frames import match_length
 
-from . import host
+from .. import host
 from .sockets import CATEGORY, LATENTS, MODEL
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import DWMError
+from ..errors import DWMError
 
 BASE_CHANNELS = 33  # noisy latents (16) + mask (1) + masked-video latents (16)
 HAND_CHANNELS = 16

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dwm.lora import activate
+from dwm.cogvideox.lora import activate
 from dwm.preview import latents_to_rgb
-from dwm.sampler import SCHEDULERS, SamplerSettings, sample
+from dwm.cogvideox.sampler import SCHEDULERS, SamplerSettings, sample
 from PIL import Image
 
-from . import host
+from .. import host
 from .conditioning import MAX_SEED
 from .sockets import CATEGORY, CONDITIONING, LATENTS, MODEL, SCENE, Latents
 

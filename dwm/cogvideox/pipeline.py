@@ -26,7 +26,7 @@ def generate(base: DWMBase, static_frames: torch.Tensor, hand_frames: torch.Tens
              on_step: StepCallback | None = None, cancel: Callable[[], bool] | None = None) -> torch.Tensor:
     """Interaction videos ``[B, F, H, W, 3]`` in [0, 1], one per seed of ``settings``.
 
-    ``loras`` are applied with ``dwm.lora.activate`` (empty = the base model); ``None`` leaves the
+    ``loras`` are applied with ``dwm.cogvideox.lora.activate`` (empty = the base model); ``None`` leaves the
     transformer exactly as it is, which is how the trainer validates the weights it is training.
     ``scene_seed`` seeds the hand video's latent sample, as the scene encode node's ``seed`` does (same
     default), so the same settings give the same video here and in ComfyUI.

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DWMError
-from .frames import prepare_frames
-from .preview import fit_rgb_projection
+from ..errors import DWMError
+from ..frames import prepare_frames
+from ..preview import fit_rgb_projection
 
 
 @dataclass
