@@ -18,7 +18,8 @@ def decode_latents(vae, latents: torch.Tensor, tiling: bool = True, slicing: boo
     for item in latents:
         if check_cancel is not None:
             check_cancel()
-        z = item.unsqueeze(0).permute(0, 2, 1, 3, 4).to(vae.device, vae.dtype) / vae.config.scaling_factor
+        z = item.unsqueeze(0).permute(0, 2, 1, 3, 4).to(vae.device, vae.dtype)
+        z = (1 / vae.config.scaling_factor) * z  # the reference's order of operations, bit for bit
         x = vae.decode(z).sample
         videos.append((x.float() / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).cpu())
     return torch.stack(videos)

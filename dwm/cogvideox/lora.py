@@ -48,10 +48,12 @@ def _evict(base: DWMBase, keep: set[str]) -> None:
 def _blend_patch_embed(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
     proj = base.transformer.patch_embed.proj
     for part, base_value in base.base_proj.items():
-        value = base_value.float()
-        for ckpt, strength in loras:
-            if strength and part in ckpt.patch_embed:
-                value = value + strength * (ckpt.patch_embed[part].float() - base_value.float())
+        start = base_value.float()
+        active = [(c.patch_embed[part].float(), s) for c, s in loras if s and part in c.patch_embed]
+        if len(active) == 1:  # lerp is exact at both ends: strength 1 gives the checkpoint bit for bit
+            value = torch.lerp(start, *active[0])
+        else:
+            value = start + sum((s * (w - start) for w, s in active), torch.zeros_like(start))
         with torch.no_grad():
             getattr(proj, part).copy_(value.to(getattr(proj, part).dtype))
 
