@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
 from diffusers import CogVideoXPipeline
 from peft import LoraConfig, get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from conftest import INTEROP, need, random_checkpoint
-from dwm.cogvideox.checkpoint import load_checkpoint, save_checkpoint_file, save_reference_folder
+from conftest import INTEROP, expect_log, need, random_checkpoint
+from dwm.cogvideox.checkpoint import (check_fits, full_parameter, load_checkpoint, save_checkpoint_file,
+                                      save_reference_folder)
 from dwm.errors import DWMError
 from dwm.cogvideox.lora import activate
 from dwm.cogvideox.model import load_base
@@ -148,3 +150,167 @@ def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(DWMError, match="not a .safetensors file"):
         (tmp_path / "lora.ckpt").write_bytes(b"")
         load_checkpoint(str(tmp_path / "lora.ckpt"))
+
+
+class NotATensor:
+    """Pickled into a .bin: weights_only loading must refuse it."""
+
+
+def test_bin_lora_and_pt_non_lora_layout(base11, tmp_path):
+    ckpt = random_checkpoint(base11)
+    save_reference_folder(ckpt, str(tmp_path / "st"))
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    torch.save(load_file(str(tmp_path / "st" / "pytorch_lora_weights.safetensors")),
+               folder / "pytorch_lora_weights.bin")
+    torch.save(load_file(str(tmp_path / "st" / "non_lora_weights.safetensors")), folder / "non_lora_weights.pt")
+    back = load_checkpoint(str(folder))
+    assert back.lora.keys() == ckpt.lora.keys() and all(torch.equal(back.lora[k], ckpt.lora[k]) for k in ckpt.lora)
+    assert torch.equal(back.patch_embed["weight"], ckpt.patch_embed["weight"]) and back.alpha == back.rank == 4
+    torch.save({"x": NotATensor()}, folder / "pytorch_lora_weights.bin")
+    with pytest.raises(DWMError, match=r"cannot read .*pytorch_lora_weights.bin"):
+        load_checkpoint(str(folder))
+
+
+def test_experiment_yaml_beside_or_in_parent_reported(base11, tmp_path, caplog):
+    run = tmp_path / "run"
+    save_reference_folder(random_checkpoint(base11), str(run / "checkpoint-500"))
+    shutil.copytree(run / "checkpoint-500", run / "final")
+    (run / "exp.yaml").write_text("pipeline:\n  type: cogvideox_fun_static_to_video_pose_concat\n"
+                                  "training:\n  mode: lora\n  lora_rank: 4\n  lora_alpha: 8\n")
+    with expect_log(caplog, r"lora_alpha 8; using alpha = rank = 4"):
+        ckpt = load_checkpoint(str(run / "checkpoint-500"))
+    assert ckpt.config["training"]["lora_alpha"] == 8 and ckpt.alpha == 4.0
+    assert ckpt.describe().endswith("V1.1 DWM LoRA rank 4, alpha 4, "
+                                    "pipeline cogvideox_fun_static_to_video_pose_concat")
+    assert load_checkpoint(str(run / "final")).config == {}  # not a checkpoint-N folder: no parent lookup
+    (run / "final" / "a.yml").write_text("training: [unclosed\n")
+    with pytest.raises(DWMError, match=r"cannot read the experiment config .*a.yml"):
+        load_checkpoint(str(run / "final"))
+
+
+def finetune(base, folder, seed: int = 5, **save_kwargs) -> torch.Tensor:
+    """Write ``base`` perturbed as a reference full fine-tune's transformer/; return its output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in base.transformer.parameters():
+            param.add_(torch.randn(param.shape, generator=g) * 0.05)
+    base.transformer.save_pretrained(str(folder / "transformer"), **save_kwargs)
+    return model_output(base)
+
+
+def apply_full(base, ckpt) -> None:
+    """What applying a full fine-tune means: its tensors in place of the base's (lora.py's job)."""
+    with torch.no_grad():
+        for key, value in ckpt.weights.items():
+            full_parameter(base.transformer, key).copy_(value)
+        for part, value in ckpt.patch_embed.items():
+            getattr(base.transformer.patch_embed.proj, part).copy_(value)
+
+
+def test_full_finetune_transformer_folder(tiny_dir, base15, tmp_path):
+    from dwm.cogvideox.model import load_base
+
+    expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path / "full", max_shard_size="200KB")
+    assert len([f for f in os.listdir(tmp_path / "full" / "transformer") if f.endswith(".safetensors")]) > 1
+    ckpt = load_checkpoint(str(tmp_path / "full"))
+    assert ckpt.is_full and ckpt.rank == 0 and not ckpt.lora and ckpt.base_version == "1.1"
+    assert ckpt.patch_embed["weight"].shape[1] == 49 and "patch_embed.proj.weight" not in ckpt.weights
+    assert ckpt.describe().endswith("DWM full fine-tune")
+    base = load_base(tiny_dir["1.1"], "fp32")
+    check_fits(ckpt, base.transformer, base.version)
+    plain = model_output(base)
+    apply_full(base, ckpt)
+    got = model_output(base)
+    assert (got - plain).abs().max() > 1e-2 and torch.equal(got, expected)
+    with pytest.raises(DWMError, match="trained for a CogVideoX-Fun V1.1 base .* loaded base is V1.5"):
+        check_fits(ckpt, base15.transformer, base15.version)
+    key = next(k for k in ckpt.weights if k.endswith("attn1.to_q.weight"))
+    ckpt.weights[key] = torch.zeros(3, 3)
+    with pytest.raises(DWMError, match=f"full fine-tune whose {key} \\[3, 3\\] does not fit the loaded V1.1"):
+        check_fits(ckpt, base.transformer, base.version)
+    ckpt.weights = {"transformer_blocks.9.norm1.linear.weight": torch.zeros(1)}
+    with pytest.raises(DWMError, match="no such weight"):
+        check_fits(ckpt, base.transformer, base.version)
+    # the reference's fallback when transformer/ holds no safetensors
+    shards = sorted((tmp_path / "full" / "transformer").glob("*.safetensors"))
+    state = {k: v for f in shards for k, v in load_file(f).items()}
+    shutil.rmtree(tmp_path / "full" / "transformer")
+    (tmp_path / "full" / "transformer").mkdir()
+    torch.save(state, tmp_path / "full" / "transformer" / "pytorch_model.bin")
+    back = load_checkpoint(str(tmp_path / "full"))
+    assert torch.equal(back.patch_embed["weight"], state.pop("patch_embed.proj.weight"))
+    state.pop("patch_embed.proj.bias")
+    assert back.weights.keys() == state.keys() and all(torch.equal(back.weights[k], v) for k, v in state.items())
+
+
+def test_full_finetune_with_peft_wrapped_modules(tiny_dir, tmp_path):
+    from dwm.cogvideox.model import load_base
+
+    expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path)
+    base = load_base(tiny_dir["1.1"], "fp32")
+    base.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=TARGETS))  # zero-initialised B
+    ckpt = load_checkpoint(str(tmp_path))
+    check_fits(ckpt, base.transformer, base.version)
+    apply_full(base, ckpt)
+    torch.testing.assert_close(model_output(base), expected, rtol=0, atol=1e-6)
+
+
+def test_yaml_mode_picks_full_finetune_or_lora(tiny_dir, base11, tmp_path):
+    folder = tmp_path / "both"
+    lora = random_checkpoint(base11)
+    save_reference_folder(lora, str(folder))
+    finetune(base11, folder)
+    assert not load_checkpoint(str(folder)).is_full  # no yaml: training.mode defaults to lora
+    (folder / "run.yaml").write_text("training:\n  mode: full\n")
+    assert load_checkpoint(str(folder)).is_full
+    (folder / "run.yaml").write_text("training:\n  mode: lora\n")
+    assert torch.equal(load_checkpoint(str(folder)).patch_embed["weight"], lora.patch_embed["weight"])
+
+
+def write_wan_release(folder) -> None:
+    """The DWM-Wan release layout (reference key format) with tiny shapes."""
+    folder.mkdir(parents=True)
+    save_file({"lora_unet__blocks_0_self_attn_q.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet__blocks_0_self_attn_q.lora_up.weight": torch.zeros(8, 2),
+               "lora_unet__blocks_0_self_attn_q.alpha": torch.tensor(2.0)},
+              str(folder / "lora_diffusion_pytorch_model.safetensors"))
+    save_file({"patch_embedding.weight": torch.zeros(8, 52, 1, 2, 2), "patch_embedding.bias": torch.zeros(8)},
+              str(folder / "non_lora_weights.safetensors"))
+
+
+def test_wan_release_refused_as_wan(tmp_path):
+    write_wan_release(tmp_path / "wan")
+    with pytest.raises(DWMError, match=r"wan is a Wan DWM LoRA release .*not a CogVideoX-Fun.*DWM-Wan LoRA"):
+        load_checkpoint(str(tmp_path / "wan"))
+    with pytest.raises(DWMError, match="is a Wan DWM LoRA release"):
+        load_checkpoint(str(tmp_path / "wan" / "lora_diffusion_pytorch_model.safetensors"))
+    full = tmp_path / "full" / "transformer"
+    full.mkdir(parents=True)
+    save_file({"patch_embedding.weight": torch.zeros(8, 52, 1, 2, 2), "blocks.0.self_attn.q.weight": torch.zeros(8, 8)},
+              str(full / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(DWMError, match="is a Wan DWM full fine-tune"):
+        load_checkpoint(str(tmp_path / "full"))
+
+
+def test_interop_wan_release_refused_as_wan():
+    with pytest.raises(DWMError, match="reference-wan-lora is a Wan DWM LoRA release"):
+        load_checkpoint(need(os.path.join(INTEROP, "reference-wan-lora")))
+
+
+def test_full_finetune_activates_at_strength_and_unloads(tiny_dir, tmp_path):
+    from dwm.cogvideox.model import load_base
+
+    expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path)
+    base = load_base(tiny_dir["1.1"], "fp32")
+    plain = model_output(base)
+    full, lora = load_checkpoint(str(tmp_path)), random_checkpoint(base)
+    activate(base, [(full, 1.0)])
+    assert torch.equal(model_output(base), expected)
+    activate(base, [(full, 0.5)])
+    half = model_output(base)
+    assert (half - plain).abs().max() > 1e-3 and (half - expected).abs().max() > 1e-3
+    activate(base, [(full, 1.0), (lora, 1.0)])  # stacks with a LoRA
+    assert (model_output(base) - expected).abs().max() > 1e-3
+    activate(base, [])
+    assert torch.equal(model_output(base), plain)

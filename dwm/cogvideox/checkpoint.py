@@ -1,10 +1,19 @@
 """DWM checkpoint IO: the reference output folder and our single-file format.
 
-Reference folder (written by the reference trainer, read as is):
+Reference folder (written by the reference trainer, read as is, every layout its inference reads):
   ``pytorch_lora_weights.safetensors``  peft ``lora_A``/``lora_B`` keys, with or without a
-                                        ``transformer.`` prefix, no metadata (alpha = rank)
+    (or ``pytorch_lora_weights.bin``)   ``transformer.`` prefix, no metadata (alpha = rank)
   ``non_lora_weights.safetensors``      ``patch_embed.proj.weight`` / ``.bias``, widened to 49 channels
-                                        (older runs: ``non_lora_weights.pt``)
+    (or ``non_lora_weights.pt``)
+  ``transformer/``                      a full fine-tune (``training.mode: full``): the whole diffusers
+                                        transformer (``*.safetensors``, or ``pytorch_model.bin``); its
+                                        patch projection becomes ``patch_embed``, the rest ``weights``
+  an experiment ``*.yaml``              beside the files, or in the parent of a ``checkpoint-*`` folder;
+                                        kept in ``config``: its ``training.mode: full`` picks the full
+                                        fine-tune when a folder holds both, ``describe()`` reports its
+                                        pipeline type, and a ``lora_alpha`` other than the rank is logged
+                                        (the reference inference uses alpha = rank, and so do we)
+Torch files load with ``weights_only=True``. A DWM-Wan release is refused, named as such.
 
 Single file (``*.safetensors``, ours): the same tensors in one file, every key prefixed with
 ``transformer.``, and string metadata ``format=dwm-lora``, ``format_version=1``, ``base_version``
@@ -13,33 +22,61 @@ Single file (``*.safetensors``, ours): the same tensors in one file, every key p
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_dir, atomic_path
 from ..errors import DWMError
+from ..family import lora_family
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_FILES = (LORA_FILE, "pytorch_lora_weights.bin")  # the reference inference's order
 NON_LORA_FILE = "non_lora_weights.safetensors"
 NON_LORA_LEGACY = "non_lora_weights.pt"
+FULL_DIR = "transformer"
+FULL_TORCH_FILE = "pytorch_model.bin"  # the reference's fallback when transformer/ has no safetensors
 PROJ_KEYS = ("patch_embed.proj.weight", "patch_embed.proj.bias")
 FORMAT = "dwm-lora"
 PREFIX = "transformer."
+log = logging.getLogger("dwm")
 
 
 @dataclass
 class DWMCheckpoint:
-    """A DWM LoRA: peft LoRA tensors (unprefixed keys) and the widened patch projection."""
+    """A DWM LoRA: peft LoRA tensors (unprefixed keys) and the widened patch projection.
+
+    A full fine-tune has no LoRA (``rank`` 0) and every other transformer tensor in ``weights``.
+    """
 
     lora: dict
     patch_embed: dict  # "weight", optional "bias"
     rank: int
     alpha: float
     source: str
+    weights: dict = field(default_factory=dict)  # full fine-tune: diffusers transformer keys
+    config: dict = field(default_factory=dict)  # the experiment yaml, {} if none
+
+    @property
+    def is_full(self) -> bool:
+        return bool(self.weights)
+
+    @property
+    def pipeline_type(self) -> str | None:
+        pipeline = self.config.get("pipeline")
+        return pipeline.get("type") if isinstance(pipeline, dict) else None
+
+    def describe(self) -> str:
+        """One line for logs: what was loaded, with the yaml's pipeline type where present."""
+        kind = "full fine-tune" if self.is_full else f"LoRA rank {self.rank}, alpha {self.alpha:g}"
+        pipeline = f", pipeline {self.pipeline_type}" if self.pipeline_type else ""
+        return f"{self.source}: CogVideoX-Fun V{self.base_version} DWM {kind}{pipeline}"
 
     @property
     def base_version(self) -> str:
@@ -69,6 +106,27 @@ def _read_safetensors(path: str) -> tuple[dict, dict]:
                        "the file is damaged or not a safetensors file; export or download it again") from err
 
 
+def _read_torch(path: str) -> dict:
+    """A torch-saved state dict, loaded safely (tensors only, no pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        raise DWMError("checkpoint", f"cannot read {path}: {(str(err) or repr(err)).splitlines()[0]}",
+                       "the file is damaged, or holds more than tensors; export it again as .safetensors") from err
+    if not isinstance(state, dict):
+        raise DWMError("checkpoint", f"{path} holds a {type(state).__name__}, not a state dict of tensors",
+                       "export the weights again with the reference trainer")
+    return {_strip(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _read_tensors(path: str) -> dict:
+    return _read_safetensors(path)[0] if path.endswith(".safetensors") else _read_torch(path)
+
+
+def _first_file(folder: str, names) -> str | None:
+    return next((os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))), None)
+
+
 def _rank_of(lora: dict, source: str) -> int:
     ranks = {v.shape[0] for k, v in lora.items() if ".lora_A." in k}
     if len(ranks) != 1:
@@ -87,30 +145,104 @@ def _split(tensors: dict, source: str) -> tuple[dict, dict]:
     return lora, proj
 
 
-def _read_folder(path: str) -> DWMCheckpoint:
-    lora_path = os.path.join(path, LORA_FILE)
-    if not os.path.isfile(lora_path):
-        hint = ("this looks like an intermediate checkpoint-N folder of the reference trainer, which "
-                "holds no LoRA weights (a known bug of its save hook)"
-                if os.path.basename(os.path.normpath(path)).startswith("checkpoint-")
-                else f"{LORA_FILE} is missing")
-        raise DWMError("checkpoint", f"{path}: {hint}",
-                       "use the reference run's final output folder, or a checkpoint exported by our "
-                       "trainer (every one of its checkpoints holds usable weights)")
-    lora, _ = _read_safetensors(lora_path)
-    if os.path.isfile(os.path.join(path, NON_LORA_FILE)):
-        extra, _ = _read_safetensors(os.path.join(path, NON_LORA_FILE))
-    elif os.path.isfile(os.path.join(path, NON_LORA_LEGACY)):
-        extra = torch.load(os.path.join(path, NON_LORA_LEGACY), map_location="cpu", weights_only=True)
-        extra = {_strip(k): v for k, v in extra.items()}
-    else:
-        raise DWMError("checkpoint", f"{path} has {LORA_FILE} but no {NON_LORA_FILE} (or {NON_LORA_LEGACY})",
+def find_config(path: str) -> str | None:
+    """The experiment yaml the reference inference uses: the first ``*.yaml``/``*.yml`` by name in the
+    folder, or in its parent for a ``checkpoint-*`` folder (the folder itself is looked at first)."""
+    folders = [path]
+    if os.path.basename(os.path.normpath(path)).startswith("checkpoint-"):
+        folders.append(os.path.dirname(os.path.normpath(path)))
+    for folder in folders:
+        found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.yaml"))
+                       + glob.glob(os.path.join(glob.escape(folder), "*.yml")))
+        if found:
+            return found[0]
+    return None
+
+
+def read_config(path: str) -> dict:
+    """The experiment yaml of a reference folder, {} when there is none."""
+    config_path = find_config(path)
+    if config_path is None:
+        return {}
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as err:
+        raise DWMError("checkpoint", f"cannot read the experiment config {config_path}: {err}",
+                       "fix or remove the yaml file (the weights load without it)") from err
+    return config if isinstance(config, dict) else {}
+
+
+def _training(config: dict) -> dict:
+    training = config.get("training")
+    return training if isinstance(training, dict) else {}
+
+
+def _refuse_wan(path: str, kind: str = "LoRA release") -> None:
+    """A DWM-Wan release (or Wan fine-tune) is told apart by its tensor names, and named as such."""
+    try:
+        family = lora_family(path)
+    except DWMError:  # no DWM tensors at all: the CogVideoX readers explain what is missing
+        return
+    if family == "wan":
+        raise DWMError("checkpoint", f"{path} is a Wan DWM {kind} (DWM-Wan: lora_unet_ keys, 5-D "
+                       "patch_embedding), not a CogVideoX-Fun one",
+                       "load it with the DWM-Wan LoRA Loader on a Wan2.1-Fun InP base (the command line "
+                       "picks the family itself)")
+
+
+def _read_full(path: str, config: dict) -> DWMCheckpoint:
+    """A full fine-tune: the reference reads every ``*.safetensors`` of ``transformer/``, else
+    ``pytorch_model.bin``. Its patch projection is the widened one; the rest replaces the base's."""
+    folder = os.path.join(path, FULL_DIR)
+    _refuse_wan(folder, "full fine-tune")
+    files = sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors")))
+    if not files and os.path.isfile(os.path.join(folder, FULL_TORCH_FILE)):
+        files = [os.path.join(folder, FULL_TORCH_FILE)]
+    if not files:
+        raise DWMError("checkpoint", f"{folder} holds no *.safetensors or {FULL_TORCH_FILE}",
+                       "copy the whole transformer/ folder of the full fine-tune")
+    tensors = {k: v for file in files for k, v in _read_tensors(file).items()}
+    _, proj = _split(tensors, folder)
+    weights = {k: v for k, v in tensors.items() if k not in PROJ_KEYS}
+    return DWMCheckpoint(lora={}, patch_embed=proj, rank=0, alpha=0.0, source=path, weights=weights,
+                         config=config)
+
+
+def _read_lora_folder(path: str, lora_path: str, config: dict) -> DWMCheckpoint:
+    extra_path = _first_file(path, (NON_LORA_FILE, NON_LORA_LEGACY))
+    if extra_path is None:
+        raise DWMError("checkpoint", f"{path} has {os.path.basename(lora_path)} but no {NON_LORA_FILE} "
+                       f"(or {NON_LORA_LEGACY})",
                        "copy the non-LoRA weights file from the same training run into the folder")
-    lora, _ = _split({**lora, **extra}, path)
+    extra = _read_tensors(extra_path)
+    lora, _ = _split({**_read_tensors(lora_path), **extra}, path)
     _, proj = _split(extra, path)
     rank = _rank_of(lora, path)
     # The reference inference sets alpha = rank whatever the training alpha.
-    return DWMCheckpoint(lora=lora, patch_embed=proj, rank=rank, alpha=float(rank), source=path)
+    alpha = _training(config).get("lora_alpha", rank)
+    if alpha != rank:
+        log.warning("%s: the experiment config says lora_alpha %s; using alpha = rank = %d as the reference "
+                    "inference does", path, alpha, rank)
+    return DWMCheckpoint(lora=lora, patch_embed=proj, rank=rank, alpha=float(rank), source=path, config=config)
+
+
+def _read_folder(path: str) -> DWMCheckpoint:
+    config = read_config(path)
+    lora_path = _first_file(path, LORA_FILES)
+    full = os.path.isdir(os.path.join(path, FULL_DIR))
+    # As the reference inference: a full fine-tune when the yaml says so, or when no LoRA is there.
+    if full and (lora_path is None or _training(config).get("mode", "lora") == "full"):
+        return _read_full(path, config)
+    if lora_path is not None:
+        return _read_lora_folder(path, lora_path, config)
+    hint = ("this looks like an intermediate checkpoint-N folder of the reference trainer, which "
+            "holds no LoRA weights (a known bug of its save hook)"
+            if os.path.basename(os.path.normpath(path)).startswith("checkpoint-")
+            else f"{LORA_FILE} (or {LORA_FILES[1]}, or a full fine-tune's {FULL_DIR}/) is missing")
+    raise DWMError("checkpoint", f"{path}: {hint}",
+                   "use the reference run's final output folder, or a checkpoint exported by our "
+                   "trainer (every one of its checkpoints holds usable weights)")
 
 
 def _read_file(path: str) -> DWMCheckpoint:
@@ -122,17 +254,17 @@ def _read_file(path: str) -> DWMCheckpoint:
 
 
 def load_checkpoint(path: str) -> DWMCheckpoint:
-    """Read a reference output folder or one of our single-file checkpoints."""
+    """Read a reference output folder (any layout above) or one of our single-file checkpoints."""
+    if not os.path.exists(path):
+        raise DWMError("checkpoint", f"{path} does not exist",
+                       "check the path; LoRAs for the nodes go in ComfyUI/models/loras/")
+    _refuse_wan(path)
     if os.path.isdir(path):
         return _read_folder(path)
-    if os.path.isfile(path):
-        if not path.endswith(".safetensors"):
-            raise DWMError("checkpoint", f"{path} is not a .safetensors file",
-                           "pass a DWM .safetensors file or the reference output folder that holds "
-                           f"{LORA_FILE}")
-        return _read_file(path)
-    raise DWMError("checkpoint", f"{path} does not exist",
-                   "check the path; LoRAs for the nodes go in ComfyUI/models/loras/")
+    if not path.endswith(".safetensors"):
+        raise DWMError("checkpoint", f"{path} is not a .safetensors file",
+                       f"pass a DWM .safetensors file or the reference output folder that holds {LORA_FILE}")
+    return _read_file(path)
 
 
 def save_checkpoint_file(ckpt: DWMCheckpoint, path: str, dtype: torch.dtype | None = None) -> None:
@@ -180,3 +312,22 @@ def check_fits(ckpt: DWMCheckpoint, transformer: torch.nn.Module, base_version: 
             raise DWMError("LoRA", f"{ckpt.source}: {key} has shape {list(tensor.shape)}, the loaded "
                            f"V{base_version} base needs {list(expected)}",
                            "load the base model this LoRA was trained on")
+    for key, tensor in ckpt.weights.items():
+        try:
+            have = list(full_parameter(transformer, key).shape)
+        except AttributeError:
+            have = None
+        if have != list(tensor.shape):
+            raise DWMError("LoRA", f"{ckpt.source} is a full fine-tune whose {key} {list(tensor.shape)} does not "
+                           f"fit the loaded V{base_version} base ({have or 'no such weight'})",
+                           "load the base model this fine-tune was trained from")
+
+
+def full_parameter(transformer: torch.nn.Module, key: str) -> torch.Tensor:
+    """The base tensor a full fine-tune's ``key`` replaces, also when peft has wrapped its module
+    (peft's layers expose their base layer's ``weight``/``bias``). AttributeError if there is none."""
+    module, _, leaf = key.rpartition(".")
+    value = getattr(transformer.get_submodule(module), leaf)
+    if not isinstance(value, torch.Tensor):
+        raise AttributeError(key)
+    return value

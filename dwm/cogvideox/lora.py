@@ -10,6 +10,9 @@ A DWM checkpoint has two parts:
   ignored); 1 gives the trained projection; values in between scale both the change to the base
   channels and the weight of the hand channels.
 
+A full fine-tune (reference ``transformer/`` folder) has no adapter: every one of its tensors is
+blended the same way, against a CPU copy of the base tensor kept on first use (``base.base_weights``).
+
 Adapters stay loaded once per checkpoint object, so a strength sweep only re-weights them.
 """
 
@@ -19,17 +22,19 @@ from collections.abc import Sequence
 
 import torch
 
-from .checkpoint import DWMCheckpoint, check_fits
+from .checkpoint import DWMCheckpoint, check_fits, full_parameter
 from .model import DWMBase
 
 MAX_LOADED = 8  # adapters kept installed; older unused ones are deleted beyond this
 
 
-def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str:
+def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str | None:
     entry = base.adapters.get(id(ckpt))
     if entry is not None:
         return entry[0]
     check_fits(ckpt, base.transformer, base.version)
+    if ckpt.is_full:  # no adapter: its weights are blended by _blend_full
+        return None
     name = f"dwm_{len(base.adapters)}_{id(ckpt):x}"
     config = {"r": ckpt.rank, "lora_alpha": ckpt.alpha, "target_modules": ckpt.target_modules}
     lora = {k: v.to(base.dtype) for k, v in ckpt.lora.items()}
@@ -45,17 +50,32 @@ def _evict(base: DWMBase, keep: set[str]) -> None:
         base.transformer.delete_adapters(base.adapters.pop(key)[0])
 
 
+def _blend(target: torch.Tensor, base_value: torch.Tensor, active: list) -> None:
+    """target = base + sum s * (w - base) over the (w, s) in ``active``, computed in fp32."""
+    start = base_value.float()
+    active = [(w.float(), s) for w, s in active]
+    if len(active) == 1:  # lerp is exact at both ends: strength 1 gives the checkpoint bit for bit
+        value = torch.lerp(start, *active[0])
+    else:
+        value = start + sum((s * (w - start) for w, s in active), torch.zeros_like(start))
+    with torch.no_grad():
+        target.copy_(value.to(target.dtype))
+
+
 def _blend_patch_embed(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
     proj = base.transformer.patch_embed.proj
     for part, base_value in base.base_proj.items():
-        start = base_value.float()
-        active = [(c.patch_embed[part].float(), s) for c, s in loras if s and part in c.patch_embed]
-        if len(active) == 1:  # lerp is exact at both ends: strength 1 gives the checkpoint bit for bit
-            value = torch.lerp(start, *active[0])
-        else:
-            value = start + sum((s * (w - start) for w, s in active), torch.zeros_like(start))
-        with torch.no_grad():
-            getattr(proj, part).copy_(value.to(getattr(proj, part).dtype))
+        _blend(getattr(proj, part), base_value,
+               [(c.patch_embed[part], s) for c, s in loras if s and part in c.patch_embed])
+
+
+def _blend_full(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
+    full = [(c, s) for c, s in loras if c.is_full]
+    for key in set(base.base_weights).union(*(c.weights for c, _ in full)):
+        target = full_parameter(base.transformer, key)
+        if key not in base.base_weights:
+            base.base_weights[key] = target.detach().to("cpu", copy=True)
+        _blend(target, base.base_weights[key], [(c.weights[key], s) for c, s in full if s and key in c.weights])
 
 
 def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
@@ -63,7 +83,8 @@ def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> Non
     weights: dict[str, float] = {}
     for ckpt, strength in loras:
         name = _ensure_adapter(base, ckpt)
-        weights[name] = weights.get(name, 0.0) + float(strength)
+        if name is not None:
+            weights[name] = weights.get(name, 0.0) + float(strength)
     transformer = base.transformer
     if weights:
         transformer.enable_lora()
@@ -72,3 +93,4 @@ def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> Non
         transformer.disable_lora()
     _evict(base, set(weights))
     _blend_patch_embed(base, loras)
+    _blend_full(base, loras)

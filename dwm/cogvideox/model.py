@@ -36,6 +36,7 @@ class DWMBase:
     source: str
     base_proj: dict = field(default_factory=dict)  # widened base patch projection, CPU copy
     adapters: dict = field(default_factory=dict)  # checkpoint key -> adapter name (see lora.py)
+    base_weights: dict = field(default_factory=dict)  # CPU copies of tensors a full fine-tune blends (lora.py)
     prompt_cache: dict = field(default_factory=dict)  # prompt -> embedding (see text.py)
 
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from dwm.cogvideox.checkpoint import LORA_FILE, PREFIX, PROJ_KEYS
+from dwm.cogvideox.checkpoint import FULL_DIR, LORA_FILES, PREFIX, PROJ_KEYS
 from dwm.errors import DWMError
 from safetensors import safe_open
 
@@ -23,8 +23,9 @@ _header_cache: dict[str, tuple[float, bool]] = {}
 
 
 def is_base_folder(path: str) -> bool:
+    """A folder whose ``transformer/config.json`` declares a CogVideoX transformer."""
     try:
-        with open(os.path.join(path, "transformer", "config.json"), encoding="utf-8") as fh:
+        with open(os.path.join(path, FULL_DIR, "config.json"), encoding="utf-8") as fh:
             return json.load(fh).get("_class_name") == TRANSFORMER_CLASS
     except (OSError, ValueError, AttributeError):
         return False
@@ -72,7 +73,9 @@ def lora_choices() -> list[str]:
     names = []
     for root in host.model_roots(host.LORA_FOLDERS):
         for folder, _dirs, files in os.walk(root, followlinks=True):
-            if LORA_FILE in files:  # a reference output folder; our trainer's also holds a single file
+            # A reference output folder (LoRA, or a full fine-tune's transformer/ without a VAE beside
+            # it, which would make it a base); our trainer's folders also hold a single file.
+            if any(f in files for f in LORA_FILES) or (is_base_folder(folder) and "vae" not in _dirs):
                 names.append(_rel(root, folder))
             names += [_rel(root, os.path.join(folder, f)) for f in files
                       if f.endswith(".safetensors") and is_dwm_file(os.path.join(folder, f))]
