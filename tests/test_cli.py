@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
+import pytest
+import torch
+
+from conftest import INTEROP, need
 from dwm.cli import main, parse_lora
-from dwm.video_io import read_video
+from dwm.video_io import read_video, write_video
 
 
 def test_parse_lora():
@@ -42,3 +46,53 @@ def test_missing_video_and_wrong_lora_exit_2(tiny_dir, tmp_path, capsys):
     assert "static video:" in capsys.readouterr().err
     assert main(base + ["--static", "s.mp4", "--lora", str(tmp_path / "none.safetensors:0.8")]) == 2
     assert "checkpoint:" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory):
+    """A tiny Wan base and a fitting release written by ``tiny-model --family wan --release``, plus clips."""
+    root = tmp_path_factory.mktemp("wan")
+    base, release = str(root / "base"), str(root / "release")
+    assert main(["tiny-model", "--family", "wan", "--out", base, "--release", release]) == 0
+    g = torch.Generator().manual_seed(0)
+    videos = {}
+    for name in ("static", "hands"):
+        videos[name] = write_video(str(root / f"{name}.mp4"), torch.rand(9, 48, 64, 3, generator=g))
+    return {"base": base, "release": release, **videos}
+
+
+def test_wan_generate_end_to_end_is_deterministic(tiny_wan, tmp_path):
+    """Same seed, same video; another seed, another video. H.264 can turn float-rounding noise (MKL picks
+    its thread count by load) into a few changed pixels, so "same" is judged against the seed's effect."""
+    videos = []
+    for i, seed in enumerate(("5", "5", "6")):
+        out = str(tmp_path / f"out{i}.mp4")
+        assert main(["generate", "--model", tiny_wan["base"], "--lora", tiny_wan["release"] + ":0.8",
+                     "--static", tiny_wan["static"], "--hands", tiny_wan["hands"], "--out", out, "--prompt", "open it",
+                     "--width", "64", "--height", "48", "--num-frames", "9", "--steps", "2", "--seed", seed]) == 0
+        videos.append(read_video(out))
+    (first, fps), (again, _), (other, _) = videos
+    assert first.shape == (9, 48, 64, 3) and fps == 8
+    same, changed = (first - again).abs().mean(), (first - other).abs().mean()
+    assert same < 0.005 < 0.05 < changed, (float(same), float(changed))
+
+
+def test_family_mismatch_is_one_clear_error(tiny_wan, tiny_dir, tmp_path, capsys):
+    cog_lora = need(os.path.join(INTEROP, "reference-lora-v11"))
+    io = ["--static", tiny_wan["static"], "--hands", tiny_wan["hands"], "--out", str(tmp_path / "o.mp4")]
+    assert main(["generate", "--model", tiny_wan["base"], "--lora", cog_lora] + io) == 2
+    err = capsys.readouterr().err
+    assert "is a DWM LoRA for CogVideoX-Fun, but --model" in err and "is a Wan2.1-Fun base" in err
+    assert main(["generate", "--model", tiny_dir["1.1"], "--lora", tiny_wan["release"]] + io) == 2
+    err = capsys.readouterr().err
+    assert "is a DWM LoRA for Wan2.1-Fun, but --model" in err and "is a CogVideoX-Fun base" in err
+
+
+def test_options_of_the_other_family_are_refused(tiny_wan, tiny_dir, tmp_path, capsys):
+    io = ["--static", tiny_wan["static"], "--hands", tiny_wan["hands"], "--out", str(tmp_path / "o.mp4")]
+    assert main(["generate", "--model", tiny_wan["base"], "--scheduler", "dpm"] + io) == 2
+    assert "--scheduler: applies to CogVideoX bases only" in capsys.readouterr().err
+    assert main(["generate", "--model", tiny_dir["1.1"], "--shift", "3"] + io) == 2
+    assert "--shift: applies to Wan bases only" in capsys.readouterr().err
+    assert main(["tiny-model", "--out", str(tmp_path / "m"), "--release", str(tmp_path / "r")]) == 2
+    assert "--release: is only written for --family wan" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str | None:
     return name
 
 
-def _evict(base: DWMBase, keep: set[str]) -> None:
+def evict(base: DWMBase, keep: set[str]) -> None:
     unused = [key for key, (name, _) in base.adapters.items() if name not in keep]
     for key in unused[: max(0, len(base.adapters) - MAX_LOADED)]:
         base.transformer.delete_adapters(base.adapters.pop(key)[0])
@@ -91,6 +91,6 @@ def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> Non
         transformer.set_adapters(list(weights), list(weights.values()))
     elif base.adapters:
         transformer.disable_lora()
-    _evict(base, set(weights))
+    evict(base, set(weights))
     _blend_patch_embed(base, loras)
     _blend_full(base, loras)
