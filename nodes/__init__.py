@@ -4,6 +4,7 @@ The engine sits next to this package; the pack folder is put on ``sys.path`` (ap
 of the host is shadowed) because ComfyUI imports a pack by file path and never installs it.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -28,5 +29,13 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DWMDecode": "DWM Decode",
     "DWMCompare": "DWM Compare (side by side)",
 }
+
+# The Wan nodes use the host's V3 schema (comfy_api.latest), so they register only inside a ComfyUI that
+# has it; the host serves V3 classes listed here (it ignores comfy_entrypoint when NODE_CLASS_MAPPINGS exists).
+if importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None:
+    from .wan import WAN_DISPLAY_NAMES, WAN_NODES
+
+    NODE_CLASS_MAPPINGS.update({cls.__name__: cls for cls in WAN_NODES})
+    NODE_DISPLAY_NAME_MAPPINGS.update(WAN_DISPLAY_NAMES)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
