@@ -11,8 +11,9 @@ Which workflow inputs get substituted is found by node title (`_meta.title`, any
   "hand video"   -> the loader of videos_hands/<id>.mp4
   "prompt"       -> the text of prompts/<id>.txt
   "sampler"      -> the seed
-Input names come from the node class (LoadVideo.file, VHS_LoadVideo.video, DWMTextEncode.prompt,
-DWMSampler.seed, see dwm.queue_jobs.ROLE_INPUTS); --target ROLE=NODE_ID.INPUT picks another
+Input names come from the node class (LoadVideo.file, VHS_LoadVideo.video, DWMTextEncode.prompt or
+CLIPTextEncode.text, DWMSampler.seed or KSampler.seed, see dwm.queue_jobs.ROLE_INPUTS), so the
+CogVideoX and the Wan workflows both work; --target ROLE=NODE_ID.INPUT picks another
 node, and --set NODE_ID.INPUT=VALUE sets any input for every job (VALUE is JSON if it parses).
 """
 from __future__ import annotations
@@ -335,7 +336,7 @@ def check_server(comfy: Comfy, wf: dict) -> None:
 EXAMPLE = """example:
   python -m dwm.queue --server http://127.0.0.1:8188 --workflow workflows/api/dwm_basic.json \\
       --data-root /data/realworld_dynamic --list ids.txt --seeds 0,1 \\
-      --set 7.num_inference_steps=30 --out runs/batch1
+      --set 10.steps=30 --out runs/batch1
 
 the workflow must be in API format (ComfyUI: Workflow > Export (API)). Title the nodes
 "static video", "hand video", "prompt" and "sampler" to mark what each job replaces, or

@@ -13,14 +13,19 @@ from pathlib import Path
 from dwm.atomic import atomic_path
 from dwm.dataset import Sample, read_prompt
 
-# Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's,
-# the prompt and seed inputs belong to our DWMTextEncode / DWMSampler nodes.
+# Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's; the
+# prompt and seed live in our DWMTextEncode / DWMSampler (CogVideoX) or in the core text encoder and
+# samplers (Wan workflows).
 ROLE_INPUTS = {
     "LoadVideo": "file",
     "VHS_LoadVideo": "video",
     "VHS_LoadVideoFFmpeg": "video",
     "DWMTextEncode": "prompt",
+    "CLIPTextEncode": "text",
     "DWMSampler": "seed",
+    "KSampler": "seed",
+    "KSamplerAdvanced": "noise_seed",
+    "RandomNoise": "noise_seed",  # the seed of SamplerCustomAdvanced
     "PrimitiveInt": "value",  # a shared seed node feeding several samplers
 }
 # role -> (_meta.titles that mark its node, the sample's video it uploads: a dwm.dataset video key)
@@ -100,9 +105,12 @@ def parse_value(text: str):
 
 
 def find_targets(wf: dict, overrides: list[str]) -> dict[str, tuple[str, str]]:
-    """role -> (node_id, input) from `_meta.title`, then --target overrides on top."""
+    """role -> (node_id, input) from `_meta.title`, for the roles no --target override names."""
     targets: dict[str, tuple[str, str]] = {}
+    overridden = {spec.partition("=")[0] for spec in overrides}
     for role, (titles, _video) in ROLES.items():
+        if role in overridden:
+            continue
         hits = [nid for nid, n in wf.items()
                 if str(n.get("_meta", {}).get("title", "")).strip().lower() in titles]
         title = " or ".join(repr(t) for t in titles)

@@ -4,12 +4,15 @@ import json
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from dwm import queue as q
+from dwm.queue_jobs import find_targets
 from tests.fake_comfy_server import CORE_TYPES, FakeComfy
 
+REPO = Path(__file__).resolve().parents[1]
 SAMPLES = ["00013", "00017", "00039"]
 WORKFLOW = {
     "1": {"class_type": "VHS_LoadVideo", "inputs": {"video": "x.mp4", "force_rate": 0},
@@ -74,6 +77,47 @@ def test_three_jobs_collected_with_manifest(data):
         assert got["5"]["filename_prefix"] == "dwm/run"
         assert fake.uploads[f"dwm_queue/{sample}_hands.mp4"] == b"hands " + sample.encode()
     assert not list(data["out"].glob(".tmp-*"))
+
+
+def test_wan_workflow_gets_videos_prompt_and_seed(data):
+    """The shipped Wan workflow: core LoadVideo, CLIPTextEncode titled prompt, KSampler titled sampler;
+    the negative prompt and every other input stay as shipped."""
+    shipped = json.loads((REPO / "workflows" / "api" / "dwm_wan_basic.json").read_text("utf-8"))
+    data["wf"].write_text(json.dumps(shipped))
+    data["list"].write_text("00017\n")
+    types = sorted({n["class_type"] for n in shipped.values()})
+    with FakeComfy(node_types=types) as fake:
+        assert run(fake.url, data, "--seeds", "7") == 0
+    job = manifest(data)[("00017", 7)]
+    assert job["status"] == "done" and len(job["outputs"]) == 2  # the result and the comparison
+    got = json.loads((data["out"] / job["outputs"][0]).read_bytes())
+    changed = {(nid, k) for nid, n in shipped.items() for k, v in n["inputs"].items() if got[nid][k] != v}
+    role = {n["_meta"]["title"]: nid for nid, n in shipped.items()}
+    assert changed == {(role["static video"], "file"), (role["hand video"], "file"),
+                       (role["prompt"], "text"), (role["sampler"], "seed")}
+    assert got[role["static video"]]["file"] == "dwm_queue/00017_static.mp4"
+    assert got[role["hand video"]]["file"] == "dwm_queue/00017_hands.mp4"
+    assert got[role["prompt"]]["text"] == "open the drawer 00017"
+    assert got[role["sampler"]]["seed"] == 7
+
+
+@pytest.mark.parametrize("cls, inp", [("CLIPTextEncode", "text"), ("DWMTextEncode", "prompt")])
+def test_prompt_role_by_text_encoder_class(cls, inp):
+    wf = {"5": {"class_type": cls, "inputs": {}, "_meta": {"title": "Prompt "}},
+          "6": {"class_type": "CLIPTextEncode", "inputs": {}, "_meta": {"title": "negative prompt"}},
+          "7": {"class_type": "KSamplerAdvanced", "inputs": {}, "_meta": {"title": "sampler"}}}
+    assert find_targets(wf, []) == {"prompt": ("5", inp), "sampler": ("7", "noise_seed")}
+
+
+def test_target_replaces_title_lookup_of_its_role():
+    """A titled node of a class the queue does not know needs --target, which then wins outright."""
+    wf = {"5": {"class_type": "MyTextNode", "inputs": {}, "_meta": {"title": "prompt"}},
+          "6": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "sampler"}},
+          "7": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "sampler"}}}
+    with pytest.raises(q.UsageError, match="node 5 titled 'prompt' is a MyTextNode"):
+        find_targets(wf, ["sampler=7.seed"])
+    assert find_targets(wf, ["prompt=5.words", "sampler=7.seed"]) == {"prompt": ("5", "words"),
+                                                                       "sampler": ("7", "seed")}
 
 
 def test_rerun_skips_finished_jobs(data):

@@ -1,7 +1,9 @@
-"""The shipped workflows against the node schemas: ours from their definitions, core and
-VideoHelperSuite nodes from a recorded /object_info of a real ComfyUI 0.8.0 host."""
+"""The shipped workflows against the node schemas: ours from their definitions (the V3 Wan nodes
+from their recorded /object_info entries), core and VideoHelperSuite nodes from a recorded
+/object_info of a real ComfyUI 0.8.0 host."""
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,23 +14,29 @@ sys.path.insert(0, str(ROOT))
 
 import nodes  # noqa: E402
 from dwm.queue_jobs import find_targets  # noqa: E402
-from dwm.workflow_schema import check_api, check_pair, load_schemas, ui_to_api, ui_widget_slots  # noqa: E402
+from dwm.workflow_schema import (check_api, check_pair, load_schemas, recorded_entry, ui_to_api,  # noqa: E402
+                                 ui_widget_slots)
 
-OBJECT_INFO = ROOT.parent / "shared" / "comfyui" / "object_info.json"
-UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+# The recorded host sits in the shared/ folder beside the checkout (CI points at it with DWM_SHARED).
+OBJECT_INFO = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared")) / "comfyui" / "object_info.json"
+WAN_NODES = ROOT / "workflows" / "schemas" / "dwm_wan_nodes.json"
+UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 NAMES = [p.stem for p in UI_FILES]
-EXPECTED = {"dwm_basic", "dwm_basic_vhs", "dwm_low_vram", "dwm_lora_strength_sweep"}
+WAN = ["dwm_wan_basic", "dwm_wan_lightx2v", "dwm_wan_low_vram"]
+EXPECTED = {"dwm_basic", "dwm_basic_vhs", "dwm_low_vram", "dwm_lora_strength_sweep", *WAN}
 
 
 @pytest.fixture(scope="module")
 def schemas():
     if not OBJECT_INFO.is_file():
         pytest.skip(f"{OBJECT_INFO} is missing (the recorded host schemas in shared/)")
-    return load_schemas(str(OBJECT_INFO), nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    return load_schemas([str(OBJECT_INFO), str(WAN_NODES)], nodes.NODE_CLASS_MAPPINGS,
+                        nodes.NODE_DISPLAY_NAME_MAPPINGS)
 
 
 def load(name, api=False):
-    return json.loads((ROOT / "workflows" / ("api" if api else "") / f"{name}.json").read_text("utf-8"))
+    folder = ROOT / "workflows" / "api" if api else ROOT / "example_workflows"
+    return json.loads((folder / f"{name}.json").read_text("utf-8"))
 
 
 def test_every_example_has_both_formats():
@@ -57,7 +65,98 @@ def _note(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_ui_workflow_has_a_model_note(name):
-    assert "models/dwm/" in _note(name) and "models/loras/" in _note(name)
+    """Where each file goes; a Wan note also names the base the released LoRA needs."""
+    note = _note(name)
+    assert "models/loras/" in note
+    if name in WAN:
+        for folder in ("diffusion_models/", "text_encoders/", "vae/"):
+            assert "models/" + folder in note
+        assert "DWM-Wan2.1-Fun-14b-LoRA" in note and "needs the base Wan2.1-Fun-V1.1-14B-InP" in note
+    else:
+        assert "models/dwm/" in note
+
+
+def _by_class(wf, cls):
+    return [n["inputs"] for n in wf.values() if n["class_type"] == cls]
+
+
+@pytest.mark.parametrize("name", WAN)
+def test_wan_workflow_samples_like_the_reference(name):
+    """Shift 5, euler / normal, seed 42, 720x480x49; 50 steps at cfg 6, or 4 at cfg 1 with LightX2V."""
+    wf = load(name, api=True)
+    [sampler], [shift], [scene] = (_by_class(wf, c) for c in ("KSampler", "ModelSamplingSD3",
+                                                               "DWMWanSceneConditioning"))
+    steps, cfg = (4, 1.0) if name == "dwm_wan_lightx2v" else (50, 6.0)
+    assert {k: sampler[k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == \
+        {"seed": 42, "steps": steps, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    assert shift["shift"] == 5.0
+    assert (scene["width"], scene["height"], scene["length"]) == (720, 480, 49)
+    assert [t["text"] for t in _by_class(wf, "CLIPTextEncode") if t["text"] == "bad detailed"]
+    assert _by_class(wf, "CLIPLoader") == [{"clip_name": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                                            "type": "wan", "device": "default"}]
+
+
+def test_wan_model_chain_per_variant():
+    """Base -> DWM LoRA (-> LightX2V) -> shift; fp8 weights and a tiled decode for 24 GB cards."""
+    def chain(wf):
+        nid, seen = next(k for k, n in wf.items() if n["class_type"] == "KSampler"), []
+        while "model" in wf[nid]["inputs"]:
+            nid = wf[nid]["inputs"]["model"][0]
+            seen.append(wf[nid]["class_type"])
+        return seen[::-1], wf[nid]["inputs"]["weight_dtype"]
+    base = ["DWMWanModelLoader", "DWMWanLoraLoader"]
+    assert chain(load("dwm_wan_basic", api=True)) == (base + ["ModelSamplingSD3"], "default")
+    assert chain(load("dwm_wan_lightx2v", api=True)) == (base + ["LoraLoaderModelOnly", "ModelSamplingSD3"],
+                                                         "default")
+    low = load("dwm_wan_low_vram", api=True)
+    assert chain(low) == (base + ["ModelSamplingSD3"], "fp8_e4m3fn")
+    assert _by_class(low, "VAEDecodeTiled") and not _by_class(low, "VAEDecode")
+
+
+@pytest.mark.parametrize("name", WAN)
+def test_wan_prompt_fits_the_umt5_window(name):
+    """umT5 reads 512 tokens; its sentencepiece vocabulary stays well under 3 tokens per English word."""
+    [prompt] = [n["inputs"]["text"] for n in load(name, api=True).values() if n["_meta"]["title"] == "prompt"]
+    assert prompt and len(prompt.split()) * 3 < 512
+
+
+def test_recorded_entry_opens_file_lists_and_drops_the_module_path():
+    served = {"input": {"required": {
+        "model_name": ["COMBO", {"options": ["tiny-wan"], "multiselect": False}],
+        "weight_dtype": ["COMBO", {"options": ["default", "fp8_e4m3fn"]}]}},
+        "python_module": "custom_nodes.ComfyUI-DWM", "display_name": "DWM-Wan Model Loader"}
+    entry = recorded_entry("DWMWanModelLoader", served)
+    assert entry["input"]["required"]["model_name"] == ["COMBO", {"options": [], "multiselect": False}]
+    assert entry["input"]["required"]["weight_dtype"][1]["options"] == ["default", "fp8_e4m3fn"]
+    assert "python_module" not in entry and served["python_module"]  # the served entry is left alone
+    vae = recorded_entry("VAELoader", {"input": {"required": {"vae_name": [["pixel_space"]]}}})
+    assert vae["input"]["required"]["vae_name"] == [[]]
+
+
+def test_v3_node_classes_give_their_own_host_entry():
+    """Inside ComfyUI our V3 classes are importable: their own /object_info entry is used, as recorded."""
+    served = json.loads(WAN_NODES.read_text("utf-8"))["DWMWanModelLoader"]
+
+    class V3Loader:  # what comfy_api gives a V3 node: the host's entry, with the files found
+        @classmethod
+        def GET_NODE_INFO_V1(cls):
+            entry = copy.deepcopy(served)
+            entry["input"]["required"]["model_name"][1]["options"] = ["my-wan-folder"]
+            return {**entry, "python_module": "custom_nodes.ComfyUI-DWM"}
+    assert load_schemas(None, {"DWMWanModelLoader": V3Loader}) == {"DWMWanModelLoader": served}
+
+
+def test_wan_nodes_are_checked_from_their_recording(schemas):
+    problems = _problems_after("dwm_wan_basic", schemas, lambda wf: wf["11"]["inputs"].update(
+        length=2000, hand_video=["8", 0], vae="oops"))
+    assert sorted(problems) == [
+        "node 11 (DWMWanSceneConditioning): hand_video takes VIDEO but is linked to node 8 output 0 (VAE)",
+        "node 11 (DWMWanSceneConditioning): length=2000 is above its maximum 1025",
+        "node 11 (DWMWanSceneConditioning): vae takes a VAE link, not a value"]
+    weights = _problems_after("dwm_wan_basic", schemas,
+                              lambda wf: wf["4"]["inputs"].update(weight_dtype="int4", model_name="mine"))
+    assert weights == ["node 4 (DWMWanModelLoader): weight_dtype='int4' is not one of "
+                       "['default', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e5m2']"]
 
 
 def test_seed_widgets_carry_the_editor_control_value(schemas):

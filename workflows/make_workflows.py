@@ -1,14 +1,17 @@
-"""Write the example workflows: each graph once, saved in UI format (workflows/) and API format (api/).
+"""Write the example workflows: each graph once, saved in UI format (example_workflows/, which
+ComfyUI's template browser lists) and API format (workflows/api/).
 
 One description per graph keeps the two files of a pair from drifting apart; the UI file is laid
 out the way the graph editor saves it (inputs, links, positional widget values) using the same
-widget rules that dwm.workflow_schema checks. Run from the repo root:
+widget rules that dwm.workflow_schema checks. Our Wan nodes' schemas come from the recording in
+workflows/schemas/ (see dwm.workflow_schema). Run from the repo root:
     python workflows/make_workflows.py [--object-info ../shared/comfyui/object_info.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +25,10 @@ from dwm.workflow_schema import (FRONTEND_ONLY, declared_inputs, format_widgets,
 MODEL = "CogVideoX-Fun-V1.1-5b-InP"
 LORA = "dwm_lora.safetensors"
 STATIC, HANDS = "dwm_example_static.mp4", "dwm_example_hands.mp4"
+# ComfyUI serves a pack's templates from the first of its example folders that exists, and
+# example_workflows/ comes before examples/ (our sample data); api/ twins are for scripts only.
+UI_DIR, API_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api"
+WAN_NODES = ROOT / "workflows" / "schemas" / "dwm_wan_nodes.json"
 PROMPT = (ROOT / "examples" / "00055" / "prompt.txt").read_text(encoding="utf-8").strip()
 FPS = 8
 NOTE = """Model files
@@ -201,20 +208,100 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
     return g
 
 
+WAN_MODEL, WAN_LORA = "Wan2.1-Fun-V1.1-14B-InP", "DWM-Wan2.1-Fun-14b-LoRA"
+WAN_TEXT, WAN_VAE = "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"
+LIGHTX2V = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+WAN_NOTE = """Model files (refresh the page after adding them)
+- Base: ComfyUI/models/diffusion_models/Wan2.1-Fun-V1.1-14B-InP/ - the folder of
+  alibaba-pai/Wan2.1-Fun-V1.1-14B-InP as downloaded (config.json + diffusion_pytorch_model*.safetensors
+  are what is read; models/dwm/ works too). Pick it in "DWM-Wan Model Loader".
+- DWM LoRA: ComfyUI/models/loras/DWM-Wan2.1-Fun-14b-LoRA/ - the folder of
+  byungjun-kim/DWM-Wan2.1-Fun-14b-LoRA (lora_diffusion_pytorch_model.safetensors,
+  non_lora_weights.safetensors, its yaml). It needs the base Wan2.1-Fun-V1.1-14B-InP: it does not fit
+  the 1.3B, Wan 2.2 or a plain Wan 2.1 I2V model.
+- Text encoder: ComfyUI/models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors
+- VAE: ComfyUI/models/vae/wan_2.1_vae.safetensors
+  (both from Comfy-Org/Wan_2.1_ComfyUI_repackaged, split_files/). No CLIP vision model is needed.
+
+Inputs
+Copy examples/00055/static.mp4 and hands.mp4 of ComfyUI-DWM into ComfyUI/input/ as
+dwm_example_static.mp4 and dwm_example_hands.mp4 (or upload your own videos in the loaders).
+The hand video must follow the same camera path as the static one. Sampling as in the reference
+code: shift 5, euler / normal, 50 steps, cfg 6, negative prompt "bad detailed", 49 frames, 720x480."""
+LIGHTX2V_NOTE = """LightX2V (4 steps, cfg 1): a Wan2.1 I2V 14B step-distill LoRA in ComfyUI/models/loras/, e.g.
+lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors from Kijai/WanVideo_comfy (Lightx2v/)
+or the LoRA of lightx2v/Wan2.1-I2V-14B-480P-StepDistill-CfgDistill-Lightx2v: pick yours in its loader."""
+WAN_LOW_VRAM_NOTE = """24 GB card (RTX 3090 / 4090): fp8_e4m3fn weights (about half of bf16; on a 4090
+fp8_e4m3fn_fast is faster), the fp8 text encoder, tiled VAE decode, no comparison branch.
+ComfyUI loads what fits and streams the rest of the 14B model from system RAM (partial loading;
+--lowvram forces it) and moves the text encoder off the GPU before sampling, so plenty of system
+RAM helps (64 GB is comfortable).
+If it still runs out of memory: fewer frames (length 33 or 25), a smaller size (624x416 or 480x320),
+tile_size 128, start ComfyUI with --reserve-vram 1 (or --lowvram), close other GPU programs,
+and press "Unload models" before a run."""
+
+
+def wan_graph(lightx2v=False, low_vram=False) -> Graph:
+    """dwm_wan_basic and its variants: our Wan loaders and scene conditioning around core sampling."""
+    g = Graph()
+    note = WAN_NOTE + "".join("\n\n" + n for n, on in ((LIGHTX2V_NOTE, lightx2v),
+                                                        (WAN_LOW_VRAM_NOTE, low_vram)) if on)
+    g.add("Note", (0, -400), title="Read me: model files and inputs", size=[360, 370], text=note)
+    static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
+    hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
+    model = Out((g.add("DWMWanModelLoader", (400, -400), size=[320, 110], model_name=WAN_MODEL,
+                       weight_dtype="fp8_e4m3fn" if low_vram else "default"), 0))
+    model = Out((g.add("DWMWanLoraLoader", (760, -400), size=[320, 110], model=model, lora_name=WAN_LORA,
+                       strength=1.0), 0))
+    if lightx2v:
+        model = Out((g.add("LoraLoaderModelOnly", (1120, -400), "LightX2V step distill", [340, 110],
+                           model=model, lora_name=LIGHTX2V, strength_model=1.0), 0))
+    model = Out((g.add("ModelSamplingSD3", (1500, -400), size=[300, 60], model=model, shift=5.0), 0))
+    clip = Out((g.add("CLIPLoader", (400, -240), size=[320, 110], clip_name=WAN_TEXT, type="wan",
+                      device="default"), 0))
+    vae = Out((g.add("VAELoader", (400, -80), size=[320, 60], vae_name=WAN_VAE), 0))
+    pos = g.add("CLIPTextEncode", (760, -240), "prompt", [400, 220], text=PROMPT, clip=clip)
+    neg = g.add("CLIPTextEncode", (760, 20), "negative prompt", [400, 100], text="bad detailed", clip=clip)
+    scene = g.add("DWMWanSceneConditioning", (1200, -240), size=[320, 330], positive=Out((pos, 0)),
+                  negative=Out((neg, 0)), vae=vae, width=720, height=480, length=49, batch_size=1,
+                  static_video=Out((static_v, 0)), hand_video=Out((hands_v, 0)))
+    latent = g.add("KSampler", (1560, -240), "sampler", [320, 300], model=model, seed=42,
+                   steps=4 if lightx2v else 50, cfg=1.0 if lightx2v else 6.0, sampler_name="euler",
+                   scheduler="normal", positive=Out((scene, 0)), negative=Out((scene, 1)),
+                   latent_image=Out((scene, 2)), denoise=1.0)
+    if low_vram:
+        frames = g.add("VAEDecodeTiled", (1920, -400), size=[300, 150], samples=Out((latent, 0)), vae=vae,
+                       tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
+    else:
+        frames = g.add("VAEDecode", (1920, -240), size=[220, 50], samples=Out((latent, 0)), vae=vae)
+    save_frames(g, Out((frames, 0)), (1920, -140), "dwm_wan/output", "save output", False)
+    if not low_vram:
+        static = Out((g.add("GetVideoComponents", (400, 60), video=Out((static_v, 0))), 0))
+        hands = Out((g.add("GetVideoComponents", (400, 460), video=Out((hands_v, 0))), 0))
+        compare = g.add("DWMCompare", (1560, 140), size=[320, 100], static_video=static, hand_video=hands,
+                        output=Out((frames, 0)))
+        save_frames(g, Out((compare, 0)), (1920, 300), "dwm_wan/compare", "save comparison", False)
+    return g
+
+
 GRAPHS = {"dwm_basic": dwm_graph, "dwm_basic_vhs": lambda: dwm_graph(vhs=True),
-          "dwm_low_vram": lambda: dwm_graph(low_vram=True), "dwm_lora_strength_sweep": sweep_graph}
+          "dwm_low_vram": lambda: dwm_graph(low_vram=True), "dwm_lora_strength_sweep": sweep_graph,
+          "dwm_wan_basic": wan_graph, "dwm_wan_lightx2v": lambda: wan_graph(lightx2v=True),
+          "dwm_wan_low_vram": lambda: wan_graph(low_vram=True)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--object-info", default=str(ROOT.parent / "shared" / "comfyui" / "object_info.json"))
+    shared = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared"))
+    p.add_argument("--object-info", default=str(shared / "comfyui" / "object_info.json"),
+                   help="the recorded /object_info of the host (default: $DWM_SHARED or ../shared)")
     args = p.parse_args()
-    schemas = load_schemas(args.object_info, nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
-    out = ROOT / "workflows"
+    schemas = load_schemas([args.object_info, str(WAN_NODES)], nodes.NODE_CLASS_MAPPINGS,
+                           nodes.NODE_DISPLAY_NAME_MAPPINGS)
     for name, make in GRAPHS.items():
         graph = make()
-        for path, data in ((out / f"{name}.json", graph.ui(schemas)), (out / "api" / f"{name}.json",
-                                                                      graph.api(schemas))):
+        for path, data in ((UI_DIR / f"{name}.json", graph.ui(schemas)), (API_DIR / f"{name}.json",
+                                                                         graph.api(schemas))):
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
 

@@ -2,8 +2,9 @@
 
 COMFYUI_DIR names a ComfyUI checkout and COMFYUI_PYTHON its interpreter; without them every test
 here is skipped. The server gets its own --base-directory (custom_nodes, models, input, output,
-user), so runs never touch the checkout's folders: this pack and the checkout's VideoHelperSuite are
-linked into it, and the tiny random model plus a random DWM LoRA are written into its models/.
+user), so runs never touch the checkout's folders: this pack, the checkout's VideoHelperSuite and
+our test-only fixture nodes (tests/host/fixture_nodes) are linked into it, and tiny random models
+(CogVideoX and Wan, with a DWM LoRA for each) are written into its models/.
 """
 from __future__ import annotations
 
@@ -20,11 +21,18 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
+from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "tiny-dwm-v1.1"
 LORA_NAME = "tiny_dwm_lora.safetensors"
 VHS = "ComfyUI-VideoHelperSuite"
+FIXTURE_NODES = "dwm-test-fixture-nodes"
+WAN_MODEL = "tiny-wan21-fun-inp"  # folder in models/diffusion_models/
+WAN_LORA = "tiny-dwm-wan-release"  # release folder in models/loras/
+WAN_VAE = "tiny_wan_2.1_vae.pth"  # models/vae/
+LIGHTX2V = "tiny_lightx2v_lora.safetensors"  # a LightX2V-format LoRA for the tiny Wan, models/loras/
 START_TIMEOUT_S = 240
 sys.path.insert(0, str(REPO))
 
@@ -49,6 +57,25 @@ def make_models(models: Path) -> None:
     (models / "loras").mkdir(parents=True)
     base = load_base(str(base_dir), "fp32")
     save_checkpoint_file(helpers.random_checkpoint(base), str(models / "loras" / LORA_NAME))
+    make_wan_models(models)
+
+
+def make_wan_models(models: Path) -> None:
+    """The tiny Wan base and a release that fits it, both through the CLI users run; its VAE where
+    VAELoader looks; and a LightX2V-style LoRA (``diffusion_model.`` keys) for the core LoRA loader."""
+    wan = models / "diffusion_models" / WAN_MODEL
+    subprocess.run([sys.executable, "-m", "dwm", "tiny-model", "--family", "wan", "--out", str(wan),
+                    "--release", str(models / "loras" / WAN_LORA)], cwd=REPO, check=True, capture_output=True)
+    (models / "vae").mkdir()
+    shutil.copy(wan / "Wan2.1_VAE.pth", models / "vae" / WAN_VAE)
+    g, lora = torch.Generator().manual_seed(3), {}
+    for name, weight in load_file(str(wan / "diffusion_pytorch_model.safetensors")).items():
+        if name.startswith("blocks.") and name.endswith(".weight") and weight.dim() == 2:
+            key = "diffusion_model." + name[:-len(".weight")]
+            lora[key + ".lora_down.weight"] = torch.randn(4, weight.shape[1], generator=g) * 0.05
+            lora[key + ".lora_up.weight"] = torch.randn(weight.shape[0], 4, generator=g) * 0.05
+            lora[key + ".alpha"] = torch.tensor(4.0)
+    save_file(lora, str(models / "loras" / LIGHTX2V))
 
 
 def own_group() -> dict:
@@ -108,6 +135,7 @@ def comfy(tmp_path_factory):
     (nodes_dir / "ComfyUI-DWM").symlink_to(REPO, target_is_directory=True)
     if (checkout / "custom_nodes" / VHS).is_dir():
         (nodes_dir / VHS).symlink_to(checkout / "custom_nodes" / VHS, target_is_directory=True)
+    (nodes_dir / FIXTURE_NODES).symlink_to(REPO / "tests" / "host" / "fixture_nodes", target_is_directory=True)
     make_models(base / "models")
     for sub in ("input", "output", "user/default"):
         (base / sub).mkdir(parents=True)
@@ -152,10 +180,14 @@ def api_workflow(name: str) -> dict:
     return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text(encoding="utf-8"))
 
 
-# Inputs that make a run fast on the CPU with the tiny model: (class_type, input) -> value.
+# Inputs that make a run fast on the CPU with the tiny models: (class_type, input) -> value.
 SMALL = {("DWMModelLoader", "model"): MODEL_NAME, ("DWMModelLoader", "precision"): "fp32",
          ("DWMLoraLoader", "lora"): LORA_NAME, ("DWMSceneEncode", "width"): 96,
-         ("DWMSceneEncode", "height"): 64, ("DWMSceneEncode", "num_frames"): 9, ("DWMSampler", "steps"): 2}
+         ("DWMSceneEncode", "height"): 64, ("DWMSceneEncode", "num_frames"): 9, ("DWMSampler", "steps"): 2,
+         ("DWMWanModelLoader", "model_name"): WAN_MODEL, ("DWMWanLoraLoader", "lora_name"): WAN_LORA,
+         ("LoraLoaderModelOnly", "lora_name"): LIGHTX2V, ("VAELoader", "vae_name"): WAN_VAE,
+         ("DWMWanSceneConditioning", "width"): 64, ("DWMWanSceneConditioning", "height"): 48,
+         ("DWMWanSceneConditioning", "length"): 9, ("KSampler", "steps"): 2}
 FRAMES = 9
 
 
@@ -163,3 +195,23 @@ def small_settings(wf: dict) -> list[tuple[str, str, object]]:
     """(node id, input, value) for every input of SMALL present in the workflow."""
     return [(nid, inp, value) for nid, node in wf.items() for (cls, inp), value in SMALL.items()
             if node["class_type"] == cls]
+
+
+def stub_text_encoder(wf: dict) -> dict:
+    """The workflow with each CLIPTextEncode replaced by the fixture node (same id, title and text)
+    and the CLIPLoader dropped: no tiny umT5 loads through the host's CLIPLoader."""
+    out = {}
+    for nid, node in wf.items():
+        if node["class_type"] == "CLIPTextEncode":
+            node = {**node, "class_type": "DWMTestTextConditioning", "inputs": {"text": node["inputs"]["text"]}}
+        if node["class_type"] != "CLIPLoader":
+            out[nid] = node
+    return out
+
+
+def runnable(wf: dict) -> dict:
+    """A shipped API workflow made small and runnable on the test server."""
+    wf = stub_text_encoder(json.loads(json.dumps(wf)))
+    for nid, inp, value in small_settings(wf):
+        wf[nid]["inputs"][inp] = value
+    return wf
