@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import INTEROP, expect_log, need, random_frames
-from dwm.cogvideox.tiny import _tokenizer
+from dwm.cogvideox.tiny import tiny_t5_tokenizer
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.wan import tiny
@@ -48,9 +48,9 @@ def small_umt5(vocab: int):
 def umt5_folder(tmp_path_factory):
     """A Wan-layout umT5 .pth, its tokenizer, and a decoy tokenizer (XLM-R-like ids) sorted first."""
     folder = tmp_path_factory.mktemp("umt5")
-    model = small_umt5(len(_tokenizer()))
+    model = small_umt5(len(tiny_t5_tokenizer()))
     torch.save(umt5_to_wan(model.state_dict()), folder / "encoder.pth")
-    _tokenizer().save_pretrained(folder / "google" / "umt5-xxl")
+    tiny_t5_tokenizer().save_pretrained(folder / "google" / "umt5-xxl")
     from transformers import T5Tokenizer
 
     T5Tokenizer(vocab=[("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581a", -1.0)],
@@ -75,7 +75,7 @@ def test_umt5_wan_layout_round_trip(umt5_folder):
 def test_transformers_umt5_folder_loads(tmp_path, umt5_folder):
     _, model = umt5_folder
     model.save_pretrained(tmp_path)
-    _tokenizer().save_pretrained(tmp_path)
+    tiny_t5_tokenizer().save_pretrained(tmp_path)
     encoder, tokenizer = load_wan_text_encoder(str(tmp_path), "fp32")
     ids = prompt_ids(tokenizer, "hand on the cup")
     torch.testing.assert_close(encoder(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)

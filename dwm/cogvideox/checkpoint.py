@@ -28,12 +28,12 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_dir, atomic_path
 from ..errors import DWMError
+from ..experiment import read_config
 from ..family import lora_family
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -143,34 +143,6 @@ def _split(tensors: dict, source: str) -> tuple[dict, dict]:
                        "a DWM checkpoint carries the widened patch projection; use the folder or file "
                        "written at the end of DWM training")
     return lora, proj
-
-
-def find_config(path: str) -> str | None:
-    """The experiment yaml the reference inference uses: the first ``*.yaml``/``*.yml`` by name in the
-    folder, or in its parent for a ``checkpoint-*`` folder (the folder itself is looked at first)."""
-    folders = [path]
-    if os.path.basename(os.path.normpath(path)).startswith("checkpoint-"):
-        folders.append(os.path.dirname(os.path.normpath(path)))
-    for folder in folders:
-        found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.yaml"))
-                       + glob.glob(os.path.join(glob.escape(folder), "*.yml")))
-        if found:
-            return found[0]
-    return None
-
-
-def read_config(path: str) -> dict:
-    """The experiment yaml of a reference folder, {} when there is none."""
-    config_path = find_config(path)
-    if config_path is None:
-        return {}
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as err:
-        raise DWMError("checkpoint", f"cannot read the experiment config {config_path}: {err}",
-                       "fix or remove the yaml file (the weights load without it)") from err
-    return config if isinstance(config, dict) else {}
 
 
 def _training(config: dict) -> dict:

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from ..errors import DWMError
+from ..precision import DTYPES, resolve_dtype  # noqa: F401  (DTYPES: the trainer imports it here)
 
 BASE_CHANNELS = 33  # noisy latents (16) + mask (1) + masked-video latents (16)
 HAND_CHANNELS = 16
 DWM_CHANNELS = BASE_CHANNELS + HAND_CHANNELS
 LATENT_CHANNELS = 16
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -116,7 +116,7 @@ def load_base(path: str, dtype: str | torch.dtype = "bf16", device: str | torch.
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import AutoTokenizer, T5EncoderModel
 
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     is_local = os.path.isdir(path)
     if is_local:
         _check_folder(path)

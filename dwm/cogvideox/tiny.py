@@ -21,7 +21,7 @@ SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linea
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"
 
 
-def _tokenizer():
+def tiny_t5_tokenizer():
     from transformers import T5Tokenizer
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
@@ -62,7 +62,7 @@ def make_tiny_model(out: str, version: str = "1.1", seed: int = 0) -> str:
     if version not in ("1.1", "1.5"):
         raise ValueError(f"version must be '1.1' or '1.5', not {version!r}")
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer = tiny_t5_tokenizer()
     parts = {"transformer": _transformer(version), "vae": _vae(),
              "text_encoder": _text_encoder(len(tokenizer)), "tokenizer": tokenizer,
              "scheduler": CogVideoXDDIMScheduler(**SCHEDULER)}

@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-import yaml
 from safetensors import safe_open
 
 from ..errors import DWMError
+from ..experiment import read_config
 from ..family import is_wan_i2v_config, lora_family, read_json
 
 WAN_LORA_FILE = "lora_diffusion_pytorch_model.safetensors"
@@ -102,31 +102,6 @@ def _missing_lora(path: str) -> DWMError:
     return DWMError("lora", f"{path} holds no {WAN_LORA_FILE}", _FIX_RELEASE)
 
 
-def find_config(path: str) -> str | None:
-    """The experiment yaml beside the weights, or in the parent of a ``checkpoint-*`` folder."""
-    folders = [path]
-    if os.path.basename(os.path.normpath(path)).startswith("checkpoint-"):
-        folders.append(os.path.dirname(os.path.normpath(path)))
-    for folder in folders:
-        found = sorted(f for f in os.listdir(folder) if f.endswith((".yaml", ".yml")))
-        if found:
-            return os.path.join(folder, found[0])
-    return None
-
-
-def _read_config(path: str) -> dict:
-    config_path = find_config(path)
-    if config_path is None:
-        return {}
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as err:
-        raise DWMError("lora", f"cannot read the experiment config {config_path}: {err}",
-                       "fix or remove the yaml file (the weights load without it)") from err
-    return config if isinstance(config, dict) else {}
-
-
 def _group_lora(tensors: dict, source: str) -> tuple[dict, int]:
     """{flat module name: (down, up, alpha)} and the rank, from ``lora_unet_*`` tensors."""
     parts: dict[str, dict] = {}
@@ -183,7 +158,7 @@ def load_wan_release(path: str) -> WanRelease:
     layers = [int(m.group(1)) for m in (re.match(r"lora_unet_+blocks_(\d+)_", k) for k in grouped) if m]
     names = wan_module_names(max(layers) + 1 if layers else 0)
     lora = {resolve_module(flat, names): value for flat, value in grouped.items()}
-    return WanRelease(lora=lora, patch_embedding=patch, rank=rank, config=_read_config(path), source=path)
+    return WanRelease(lora=lora, patch_embedding=patch, rank=rank, config=read_config(path, "lora"), source=path)
 
 
 def blend_patch_embedding(base: dict, release: WanRelease, strength: float) -> dict:

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..cogvideox.model import DTYPES
 from ..errors import DWMError
+from ..precision import resolve_dtype
 
 BASE_CHANNELS = 36  # noisy latents (16) + mask (4) + masked-video latents (16)
 HAND_CHANNELS = 16
@@ -139,7 +139,7 @@ def load_wan_transformer(folder: str, dtype: str | torch.dtype = "bf16",
     from diffusers import WanTransformer3DModel
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     config = read_wan_config(folder)
     state = read_wan_state_dict(folder)
     kwargs = diffusers_config(config, state)

@@ -22,8 +22,8 @@ import weakref
 
 import torch
 
-from ..cogvideox.model import DTYPES
 from ..errors import DWMError
+from ..precision import resolve_dtype
 from .weights import find_weights, read_weights
 
 TEXT_LEN = 512
@@ -157,7 +157,7 @@ def load_wan_text_encoder(folder: str, dtype: str | torch.dtype = "bf16", device
     """``(UMT5EncoderModel, tokenizer)`` from a VideoX-Fun folder or a transformers-format umT5 folder."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     if not os.path.isdir(folder):
         raise DWMError("text encoder", f"{folder} is not a folder", _FIX)
     if _model_type(folder) == "umt5":

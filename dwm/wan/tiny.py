@@ -110,10 +110,10 @@ def _umt5(text_dim: int, vocab_size: int) -> dict:
 
 def make_tiny_wan_base(out: str, seed: int = 0) -> str:
     """Write a complete tiny Wan2.1-Fun InP base (VideoX-Fun layout) to ``out`` atomically; return ``out``."""
-    from ..cogvideox.tiny import _tokenizer
+    from ..cogvideox.tiny import tiny_t5_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer = tiny_t5_tokenizer()
     with atomic_dir(out) as tmp:
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as fh:
             json.dump(TINY_CONFIG, fh, indent=2)

@@ -15,8 +15,8 @@ import re
 
 import torch
 
-from ..cogvideox.model import DTYPES
 from ..errors import DWMError
+from ..precision import resolve_dtype
 from .weights import find_weights, read_weights
 
 VAE_KEYS = ("encoder.conv1.weight", "decoder.head.0.gamma", "conv2.weight")
@@ -80,7 +80,7 @@ def load_wan_vae(path: str, dtype: str | torch.dtype = "bf16", device: str | tor
     from diffusers import AutoencoderKLWan
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     file = find_weights(path, _is_wan_vae) if os.path.isdir(path) else path
     if file is None or not os.path.isfile(file):
         raise DWMError("vae", f"no Wan VAE weights (encoder.conv1, decoder.head, conv2) found in {path}", _FIX)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dwm.cogvideox.checkpoint import check_fits
-from dwm.cogvideox.model import DTYPES
+from dwm.precision import DTYPES
 
 from .. import host
 from . import files, models
