@@ -98,3 +98,16 @@ def prepare_frames(frames: torch.Tensor, width: int, height: int, num_frames: in
     frames = fit_frame_count(frames[..., :3], num_frames, name)
     frames = resize_cover(frames, width, height)
     return frames.permute(3, 0, 1, 2).float() * 2 - 1
+
+
+def prepare_scene_frames(static_frames: torch.Tensor, hand_frames: torch.Tensor, width: int, height: int,
+                         num_frames: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both videos of a scene through ``prepare_frames``; they must end up the same length."""
+    static = prepare_frames(static_frames, width, height, num_frames, "static video")
+    hands = prepare_frames(hand_frames, width, height, num_frames, "hand video")
+    if static.shape[1] != hands.shape[1]:
+        raise DWMError("hand video", f"{hands.shape[1]} usable frames, but the static video has "
+                       f"{static.shape[1]} (inputs had {hand_frames.shape[0]} and {static_frames.shape[0]})",
+                       "render both videos from the same camera path with the same frame count, or set "
+                       "num_frames so both are cut or padded to it")
+    return static, hands

@@ -22,11 +22,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..adapters import weigh_adapters
 from .checkpoint import DWMCheckpoint, check_fits, full_parameter
 from .model import DWMBase
-
-MAX_LOADED = 8  # adapters kept installed; older unused ones are deleted beyond this
-
 
 def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str | None:
     entry = base.adapters.get(id(ckpt))
@@ -42,12 +40,6 @@ def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str | None:
     # Holding ckpt in the entry keeps its id unique while the adapter is installed.
     base.adapters[id(ckpt)] = (name, ckpt)
     return name
-
-
-def evict(base: DWMBase, keep: set[str]) -> None:
-    unused = [key for key, (name, _) in base.adapters.items() if name not in keep]
-    for key in unused[: max(0, len(base.adapters) - MAX_LOADED)]:
-        base.transformer.delete_adapters(base.adapters.pop(key)[0])
 
 
 def _blend(target: torch.Tensor, base_value: torch.Tensor, active: list) -> None:
@@ -85,12 +77,6 @@ def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> Non
         name = _ensure_adapter(base, ckpt)
         if name is not None:
             weights[name] = weights.get(name, 0.0) + float(strength)
-    transformer = base.transformer
-    if weights:
-        transformer.enable_lora()
-        transformer.set_adapters(list(weights), list(weights.values()))
-    elif base.adapters:
-        transformer.disable_lora()
-    evict(base, set(weights))
+    weigh_adapters(base, weights)
     _blend_patch_embed(base, loras)
     _blend_full(base, loras)

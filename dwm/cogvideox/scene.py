@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DWMError
-from ..frames import prepare_frames
+from ..frames import prepare_scene_frames
 from ..preview import fit_rgb_projection
 
 
@@ -50,13 +49,7 @@ def encode_scene(vae, static_frames: torch.Tensor, hand_frames: torch.Tensor, wi
                  hand_latents: str = "sample", tiling: bool = True, slicing: bool = True,
                  check_cancel: Callable[[], None] | None = None) -> SceneLatents:
     """Normalise both videos (see ``frames.py``) and encode them; they must agree in length."""
-    static = prepare_frames(static_frames, width, height, num_frames, "static video")
-    hands = prepare_frames(hand_frames, width, height, num_frames, "hand video")
-    if static.shape[1] != hands.shape[1]:
-        raise DWMError("hand video", f"{hands.shape[1]} usable frames, but the static video has "
-                       f"{static.shape[1]} (inputs had {hand_frames.shape[0]} and {static_frames.shape[0]})",
-                       "render both videos from the same camera path with the same frame count, or set "
-                       "num_frames so both are cut or padded to it")
+    static, hands = prepare_scene_frames(static_frames, hand_frames, width, height, num_frames)
     configure_vae(vae, tiling, slicing)
     generator = torch.Generator().manual_seed(seed)
     static_latents = encode_video(vae, static, "mode", None)

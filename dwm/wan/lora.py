@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..cogvideox.lora import evict
+from ..adapters import weigh_adapters
 from ..errors import DWMError
 from .checkpoint import WanRelease, blend_patch_embedding
 from .model import WanBase
@@ -99,11 +99,5 @@ def activate(base: WanBase, releases: Sequence[tuple[WanRelease, float]]) -> Non
     for release, strength in releases:
         name = _ensure_adapter(base, release)
         weights[name] = weights.get(name, 0.0) + float(strength)
-    transformer = base.transformer
-    if weights:
-        transformer.enable_lora()
-        transformer.set_adapters(list(weights), list(weights.values()))
-    elif base.adapters:
-        transformer.disable_lora()
-    evict(base, set(weights))
+    weigh_adapters(base, weights)
     _set_patch_embedding(base, releases)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import DWMError
-from ..frames import prepare_frames
+from ..frames import prepare_scene_frames
 from .vae import encode_wan_video, set_tiling
 
 TIME_COMPRESSION = 4
@@ -37,13 +36,7 @@ def encode_wan_scene(vae, static_frames: torch.Tensor, hand_frames: torch.Tensor
                      height: int = 480, num_frames: int | None = None, seed: int = 0,
                      tiling: bool = False) -> WanScene:
     """Bring both videos to the same size and ``4k + 1`` frames (see ``frames.py``), then encode them."""
-    static = prepare_frames(static_frames, width, height, num_frames, "static video")
-    hands = prepare_frames(hand_frames, width, height, num_frames, "hand video")
-    if static.shape[1] != hands.shape[1]:
-        raise DWMError("hand video", f"{hands.shape[1]} usable frames, but the static video has "
-                       f"{static.shape[1]} (inputs had {hand_frames.shape[0]} and {static_frames.shape[0]})",
-                       "render both videos from the same camera path with the same frame count, or set "
-                       "num_frames so both are cut or padded to it")
+    static, hands = prepare_scene_frames(static_frames, hand_frames, width, height, num_frames)
     set_tiling(vae, tiling)
     generator = torch.Generator().manual_seed(seed)
     return WanScene(static=encode_wan_video(vae, static), hands=encode_wan_video(vae, hands, generator),
