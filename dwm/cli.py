@@ -1,4 +1,9 @@
-"""Headless command line: python -m dwm generate | demo | tiny-model."""
+"""Headless command line: python -m dwm generate | demo | tiny-model.
+
+Only argparse runs before the arguments are parsed, so ``--help`` answers at once: torch, diffusers and
+the model code are imported by the command that needs them (dwm/cli_generate.py). Every input and output
+is checked before a model loads (dwm/cli_checks.py), so a typo costs seconds, not a model load.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,13 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+import time
 
-import torch
-from tqdm import tqdm
-
-from .cogvideox.checkpoint import load_checkpoint
-from .cogvideox.model import load_base
-from .cogvideox.pipeline import generate
-from .cogvideox.sampler import SCHEDULERS, SamplerSettings
-from .compare import side_by_side
-from .dataset import read_list, read_prompt
 from .errors import DWMCancelled, DWMError
-from .family import base_family, lora_family
-from .video_io import read_video, write_video
+from .safety import Interrupted, stop_on_signals
 
 DEFAULT_MODEL = os.environ.get("DWM_MODEL", "alibaba-pai/CogVideoX-Fun-V1.1-5b-InP")
-FAMILY_NAMES = {"cogvideox": "CogVideoX-Fun", "wan": "Wan2.1-Fun"}
-Runner = Callable[[torch.Tensor, torch.Tensor, str, Callable], torch.Tensor]  # static, hands, prompt, on_step
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+SCHEDULER_NAMES = ("ddim", "dpm")  # dwm.cogvideox.sampler.SCHEDULERS, named here so --help imports no torch
 EPILOG = """examples:
   python -m dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
       --model /models/CogVideoX-Fun-V1.1-5b-InP --lora my_dwm.safetensors:1.0 --out out.mp4
@@ -33,6 +26,24 @@ EPILOG = """examples:
   python -m dwm generate --data-root data/ --list data/test.txt --model M --lora L --out-dir results/
   python -m dwm demo
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' layout and shows each option's default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == [] \
+                or default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parser(parent, name: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """A (sub)parser that never accepts abbreviations (``--out`` must not mean ``--out-dir``)."""
+    kwargs.update(formatter_class=HelpFormatter, allow_abbrev=False)
+    return argparse.ArgumentParser(**kwargs) if name is None else parent.add_parser(name, **kwargs)
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -44,180 +55,93 @@ def parse_lora(spec: str) -> tuple[str, float]:
         return spec, 1.0
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, steps: int, width: int, height: int) -> None:
-    p.add_argument("--negative-prompt", help='negative prompt for guidance (default: empty for CogVideoX, '
-                   '"bad detailed" for Wan)')
-    p.add_argument("--width", type=int, default=width)
-    p.add_argument("--height", type=int, default=height)
-    p.add_argument("--num-frames", type=int, default=49, help="4k+1 frames (0 = the videos' own length)")
-    p.add_argument("--steps", type=int, default=steps)
-    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance; 1 = off")
-    p.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="CogVideoX only (default ddim)")
-    p.add_argument("--shift", type=float, help="flow-matching shift, Wan only (default 5)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--batch", type=int, default=1, help="videos per input, seeds seed..seed+batch-1")
+def _add_model_args(parser: argparse.ArgumentParser, model_default: str | None, model_help: str) -> None:
+    p = parser.add_argument_group("model")
+    p.add_argument("--model", default=model_default, metavar="FOLDER", help=model_help)
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="DWM LoRA of the model's family (CogVideoX: .safetensors file or reference folder; "
+                        "Wan: release folder), strength 1.0 unless given; repeat to stack (default: none, "
+                        "the bare base)")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, steps: int, width: int, height: int) -> None:
+    p = parser.add_argument_group("sampling")
+    p.add_argument("--negative-prompt", metavar="TEXT", help='negative prompt for guidance (default: empty '
+                   'for CogVideoX, "bad detailed" for Wan, as the reference)')
+    p.add_argument("--width", type=int, default=width, help="output width, a multiple of 16")
+    p.add_argument("--height", type=int, default=height, help="output height, a multiple of 16")
+    p.add_argument("--num-frames", type=int, default=49, metavar="N",
+                   help="frames to generate, 4k+1; 0 = the videos' own length cut to 4k+1")
+    p.add_argument("--steps", type=int, default=steps, help="denoising steps, at least 1")
+    p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale; 1 = off")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="CogVideoX only (default: ddim)")
+    p.add_argument("--shift", type=float, help="flow-matching shift, Wan only (default: 5)")
+    p.add_argument("--seed", type=int, default=42, help="noise seed of the first video")
+    p.add_argument("--batch", type=int, default=1, help="videos per input, seeds SEED..SEED+BATCH-1")
     p.add_argument("--scene-seed", type=int, default=0, help="seed of the hand video's latent sample")
-    p.add_argument("--dynamic-cfg", action="store_true", help="CogVideoX only")
+    p.add_argument("--dynamic-cfg", action="store_true", help="CogVideoX only: cosine-scheduled guidance "
+                   "(default: off)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                   help="auto = bf16 on a GPU, fp32 on the CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-tiling", action="store_true", help="decode the VAE in one piece (more memory)")
+                   help="weights and compute type; auto = bf16 on a GPU, fp32 on the CPU")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-tiling", action="store_true", help="decode the VAE in one piece: more memory "
+                   "(default: tiled)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dwm", description=__doc__, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate interaction videos", epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    gen.add_argument("--static", help="static-scene video")
-    gen.add_argument("--hands", help="hand video (same camera path and frame count)")
-    gen.add_argument("--gt", help="ground-truth video, shown in the comparison video")
-    gen.add_argument("--prompt", default="", help="text prompt (empty is valid)")
-    gen.add_argument("--model", default=DEFAULT_MODEL, help="base model folder (CogVideoX-Fun InP in diffusers "
-                     f"layout or Wan2.1-Fun InP in VideoX-Fun layout) or hub id (default {DEFAULT_MODEL})")
-    gen.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
-                     help="DWM LoRA (file or reference folder) of the model's family; repeat to stack")
-    gen.add_argument("--out", help="output mp4 (single input)")
-    gen.add_argument("--compare", help="also write a side-by-side comparison mp4 here")
-    gen.add_argument("--data-root", help="dataset root in the reference layout (videos_static/, ...)")
-    gen.add_argument("--list", help="text file of sample ids under --data-root")
-    gen.add_argument("--out-dir", help="output folder for --data-root runs (existing outputs are skipped)")
+    parser = _parser(None, prog="python -m dwm", description=__doc__, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    gen = _parser(sub, "generate", help="generate interaction videos (one input, or a dataset)",
+                  description="Generate interaction videos from a static-scene video and a hand video.",
+                  epilog=EPILOG)
+    one = gen.add_argument_group("one input")
+    one.add_argument("--static", metavar="VIDEO", help="static-scene video (the scene rendered along the "
+                     "camera path)")
+    one.add_argument("--hands", metavar="VIDEO", help="hand video (the hands rendered on black along the same "
+                     "path, same frame count)")
+    one.add_argument("--prompt", metavar="TEXT", help="text prompt (default: empty, which DWM "
+                     "accepts)")
+    one.add_argument("--out", metavar="FILE", help="output .mp4, in an existing folder; with --batch N the "
+                     "seed is added to its name")
+    one.add_argument("--compare", metavar="FILE", help="also write static | hands | output [| ground truth] "
+                     "side by side to this .mp4")
+    one.add_argument("--gt", metavar="VIDEO", help="ground-truth video, the last panel of --compare")
+    many = gen.add_argument_group("dataset (the reference layout: videos_static/, videos_hands/, prompts/, "
+                                  "videos/)")
+    many.add_argument("--data-root", metavar="FOLDER", help="dataset root")
+    many.add_argument("--list", metavar="FILE", help="text file of sample ids or video paths under --data-root")
+    many.add_argument("--out-dir", metavar="FOLDER", help="output folder (created); a sample whose video and "
+                      "comparison both exist is skipped, so a rerun resumes")
+    _add_model_args(gen, DEFAULT_MODEL, "base model folder (CogVideoX-Fun InP in diffusers layout or "
+                    "Wan2.1-Fun InP in VideoX-Fun layout) or hub id; the environment variable DWM_MODEL overrides it")
     _add_sampling_args(gen, steps=50, width=720, height=480)
-    demo = sub.add_parser("demo", help="run the whole pipeline on the bundled sample with a tiny random model")
-    demo.add_argument("--out-dir", default="out/demo")
-    demo.add_argument("--model", help="base model (default: the embedded tiny random model)")
-    demo.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]")
+    demo = _parser(sub, "demo", help="run the whole pipeline on the bundled sample with a tiny random model",
+                   description="Run the pipeline end to end on the bundled sample, offline.\n"
+                               "The default model has random weights: its output is noise.")
+    demo.add_argument("--out-dir", default=os.path.join("out", "demo"), metavar="FOLDER",
+                      help="folder for output.mp4 and compare.mp4 (created)")
+    _add_model_args(demo, None, "base model folder (default: the embedded tiny random CogVideoX-Fun model)")
     _add_sampling_args(demo, steps=10, width=240, height=160)
-    tiny = sub.add_parser("tiny-model", help="write a tiny random base (CogVideoX: diffusers layout, "
-                          "Wan: VideoX-Fun layout)")
-    tiny.add_argument("--out", required=True)
-    tiny.add_argument("--family", choices=["cogvideox", "wan"], default="cogvideox")
+    tiny = _parser(sub, "tiny-model", help="write a tiny random base (CogVideoX: diffusers layout, Wan: "
+                   "VideoX-Fun layout)", description="Write a tiny random-weight base model for tests.")
+    tiny.add_argument("--out", required=True, metavar="FOLDER", help="folder to write the model into")
+    tiny.add_argument("--family", choices=["cogvideox", "wan"], default="cogvideox", help="model family")
     tiny.add_argument("--version", choices=["1.1", "1.5"], default="1.1", help="CogVideoX-Fun version")
-    tiny.add_argument("--release", metavar="OUT", help="Wan only: also write a random DWM-Wan release fitting it")
+    tiny.add_argument("--release", metavar="FOLDER", help="Wan only: also write a random DWM-Wan release "
+                      "fitting it here")
     return parser
 
 
-def _runtime(args) -> tuple[str, str]:
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = args.precision
-    if precision == "auto":
-        precision = "fp32" if device == "cpu" else "bf16"
-    return device, precision
-
-
-def model_family(model: str, loras: list[tuple[str, float]]) -> str:
-    """The base's family (a hub id is CogVideoX); refuse a LoRA of the other family with one message."""
-    family = base_family(model) if os.path.isdir(model) else "cogvideox"
-    for path, _ in loras:
-        other = lora_family(path) if os.path.exists(path) else family  # a missing file is reported on load
-        if other != family:
-            raise DWMError("--lora", f"{path} is a DWM LoRA for {FAMILY_NAMES[other]}, but --model {model} is a "
-                           f"{FAMILY_NAMES[family]} base",
-                           f"pass a DWM LoRA trained on {FAMILY_NAMES[family]}, or the {FAMILY_NAMES[other]} InP "
-                           "base that LoRA was trained on")
-    return family
-
-
-def cogvideox_runner(args, loras: list[tuple[str, float]], device: str, precision: str) -> Runner:
-    """Load the CogVideoX base and LoRAs once; return ``run(static, hands, prompt, on_step) -> videos``."""
-    if args.shift is not None:
-        raise DWMError("--shift", "applies to Wan bases only",
-                       "drop --shift for a CogVideoX-Fun base (choose --scheduler ddim or dpm instead)")
-    base = load_base(args.model, precision, device)
-    checkpoints = [(load_checkpoint(path), strength) for path, strength in loras]
-    settings = SamplerSettings(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler or "ddim",
-                               seed=args.seed, batch=args.batch, dynamic_cfg=args.dynamic_cfg)
-
-    def run(static_frames, hand_frames, prompt, on_step):
-        return generate(base, static_frames, hand_frames, prompt, args.negative_prompt or "", checkpoints,
-                        settings, args.width, args.height, args.num_frames or None, tiling=not args.no_tiling,
-                        scene_seed=args.scene_seed, on_step=on_step)
-    return run
-
-
-def _output_paths(out: str, batch: int, seed: int) -> list[str]:
-    if batch == 1:
-        return [out]
-    stem, ext = os.path.splitext(out)
-    return [f"{stem}_seed{seed + i}{ext or '.mp4'}" for i in range(batch)]
-
-
-def run_one(run: Runner, args, static: str, hands: str, prompt: str, out: str,
-            compare: str | None = None, gt: str | None = None, label: str = "") -> list[str]:
-    """Generate one input's videos with a step progress bar, write them (and the comparison); their paths."""
-    static_frames, fps = read_video(static, "static video")
-    hand_frames, _ = read_video(hands, "hand video")
-    with tqdm(total=args.steps, desc=label or os.path.basename(out), unit="step", leave=False) as bar:
-        videos = run(static_frames, hand_frames, prompt, lambda i, n, _: bar.update(1))
-    paths = _output_paths(out, args.batch, args.seed)
-    for path, video in zip(paths, videos):
-        write_video(path, video, fps)
-    if compare:
-        panels = [static_frames, hand_frames, videos[0]]
-        if gt:
-            panels.append(read_video(gt, "ground-truth video")[0])
-        write_video(compare, side_by_side(panels, height=args.height), fps)
-    return paths
-
-
-def run_dataset(run: Runner, args) -> None:
-    """Every listed sample in the reference layout; outputs that exist are skipped, so reruns resume."""
-    if not args.out_dir:
-        raise DWMError("--out-dir", "missing", "pass --out-dir for --data-root runs")
-    for sample in tqdm(read_list(args.data_root, args.list), desc="samples", unit="sample"):
-        out = os.path.join(args.out_dir, sample.slug + ".mp4")
-        if os.path.isfile(out):
-            continue
-        gt = sample.video("video")
-        run_one(run, args, sample.video("static"), sample.video("hands"), read_prompt(sample), out,
-                os.path.join(args.out_dir, sample.slug + "_compare.mp4"), gt if os.path.isfile(gt) else None,
-                sample.slug)
-
-
 def cmd_generate(args) -> None:
-    if not args.data_root and not (args.static and args.hands and args.out):
-        raise DWMError("generate", "no input given", "pass --static, --hands and --out, or --data-root and --list")
-    if args.data_root and not args.list:
-        raise DWMError("--list", "missing", "pass --list with the sample ids to run under --data-root")
-    loras = [parse_lora(spec) for spec in args.lora]
-    family = model_family(args.model, loras)
-    device, precision = _runtime(args)
-    if family == "wan":
-        from .cli_wan import wan_runner
+    from .cli_generate import run_generate
 
-        run = wan_runner(args, loras, device, precision)
-    else:
-        run = cogvideox_runner(args, loras, device, precision)
-    if args.data_root:
-        run_dataset(run, args)
-    else:
-        paths = run_one(run, args, args.static, args.hands, args.prompt, args.out, args.compare, args.gt)
-        print(f"wrote {', '.join(paths)}")
+    run_generate(args)
 
 
 def cmd_demo(args) -> None:
-    from .cogvideox.tiny import default_tiny_model
+    from .cli_generate import run_demo
 
-    sample = os.path.join(EXAMPLES, "00055")
-    device, precision = _runtime(args)
-    if not args.model:
-        args.model = default_tiny_model()
-        print("DWM demo on a tiny RANDOM-WEIGHT model: the pipeline runs end to end, but the output video "
-              "is noise-like and means nothing. For real results train a DWM LoRA (see README, Training) "
-              "and run: python -m dwm generate --model <CogVideoX-Fun-5b-InP folder> --lora <your LoRA> ...\n"
-              "(Its tokenizer spells words letter by letter, so a warning that the prompt was cut to "
-              "226 tokens is expected here; T5's own tokenizer fits this prompt.)")
-    run = cogvideox_runner(args, [parse_lora(spec) for spec in args.lora], device, precision)
-    os.makedirs(args.out_dir, exist_ok=True)
-    out, compare = os.path.join(args.out_dir, "output.mp4"), os.path.join(args.out_dir, "compare.mp4")
-    with open(os.path.join(sample, "prompt.txt"), encoding="utf-8") as fh:
-        prompt = fh.read().strip()
-    run_one(run, args, os.path.join(sample, "static.mp4"), os.path.join(sample, "hands.mp4"),
-            prompt, out, compare, os.path.join(sample, "ground_truth.mp4"), "demo")
-    print(f"wrote {out} and {compare} (static | hands | output | ground truth)")
+    run_demo(args)
 
 
 def cmd_tiny(args) -> None:
@@ -236,23 +160,35 @@ def cmd_tiny(args) -> None:
     print(f"wrote {make_tiny_model(args.out, args.version)}")
 
 
+COMMANDS = {"generate": cmd_generate, "demo": cmd_demo, "tiny-model": cmd_tiny}
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.cuda.OutOfMemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors and stops end in one line on stderr and an exit code, never a trace."""
+    started = time.time()
     args = build_parser().parse_args(argv)
+    args.started = started  # temporaries of a killed run are older than this
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        if args.command == "tiny-model":
-            cmd_tiny(args)
-        elif args.command == "demo":
-            cmd_demo(args)
-        else:
-            cmd_generate(args)
+        with stop_on_signals() as args.stop:  # whatever SIGINT/SIGTERM disposition was inherited (nohup, &, CI)
+            COMMANDS[args.command](args)
+    except Interrupted as err:
+        print(f"cancelled: {err}; finished videos are kept, nothing half-written is left", file=sys.stderr)
+        return err.exit_code
+    except (DWMCancelled, KeyboardInterrupt) as err:
+        print(f"cancelled: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except DWMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except DWMCancelled as err:
-        print(f"cancelled: {err}", file=sys.stderr)
-        return 130
-    except torch.cuda.OutOfMemoryError:
+    except Exception as err:
+        if not _out_of_memory(err):
+            raise
         print("error: out of GPU memory. Fix: lower --width/--height or --batch, keep VAE tiling on, "
               "or use --precision bf16", file=sys.stderr)
         return 3

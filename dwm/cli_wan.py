@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .errors import DWMError
-from .wan.checkpoint import load_wan_release
-from .wan.model import load_wan_base
-from .wan.pipeline import DEFAULT_NEGATIVE, generate_wan
+from .wan import checkpoint as wan_checkpoint
+from .wan import model as wan_model
+from .wan import pipeline as wan_pipeline
 from .wan.sampler import WanSettings
 
 DEFAULT_SHIFT = 5.0  # the reference's FlowMatchEulerDiscreteScheduler shift for Wan 2.1
@@ -22,15 +22,20 @@ def wan_settings(args) -> WanSettings:
     return WanSettings(steps=args.steps, guidance=args.guidance, seed=args.seed, batch=args.batch, shift=shift)
 
 
-def wan_runner(args, loras: list[tuple[str, float]], device: str, precision: str):
-    """Load the Wan base and releases once; return ``run(static, hands, prompt, on_step) -> videos``."""
+def wan_loader(args, loras: list[tuple[str, float]], device: str, precision: str):
+    """Check the Wan options now; the returned loader reads the releases (small: a bad one fails fast), then
+    the base, and returns ``run(static, hands, prompt, progress) -> videos`` (see dwm/cli_generate.py)."""
     settings = wan_settings(args)
-    base = load_wan_base(args.model, precision, device)
-    releases = [(load_wan_release(path), strength) for path, strength in loras]
-    negative = DEFAULT_NEGATIVE if args.negative_prompt is None else args.negative_prompt
+    negative = wan_pipeline.DEFAULT_NEGATIVE if args.negative_prompt is None else args.negative_prompt
 
-    def run(static_frames, hand_frames, prompt, on_step):
-        return generate_wan(base, static_frames, hand_frames, prompt, negative, releases, settings,
-                            args.width, args.height, args.num_frames or None, tiling=not args.no_tiling,
-                            scene_seed=args.scene_seed, on_step=on_step)
-    return run
+    def load():
+        releases = [(wan_checkpoint.load_wan_release(path), strength) for path, strength in loras]
+        base = wan_model.load_wan_base(args.model, precision, device)
+
+        def run(static_frames, hand_frames, prompt, progress):
+            return wan_pipeline.generate_wan(
+                base, static_frames, hand_frames, prompt, negative, releases, settings, args.width, args.height,
+                args.num_frames or None, tiling=not args.no_tiling, scene_seed=args.scene_seed,
+                on_step=progress.on_step, cancel=progress.before_step)
+        return run
+    return load

@@ -13,17 +13,22 @@ from .atomic import atomic_path
 from .errors import DWMError
 
 
-def read_video(path: str, name: str = "video") -> tuple[torch.Tensor, float]:
-    """All frames of the first video stream and its frame rate."""
+def _decode(path: str, name: str, limit: int | None) -> tuple[list[np.ndarray], float]:
+    """Up to ``limit`` frames (all when None) of the first video stream, and its frame rate."""
     if not os.path.isfile(path):
-        raise DWMError(name, f"{path} does not exist", "check the path (and the sample id in the list file)")
+        problem = "is a folder, not a video file" if os.path.isdir(path) else "does not exist"
+        raise DWMError(name, f"{path} {problem}", "check the path (and the sample id in the list file)")
     try:
         with av.open(path) as container:
             if not container.streams.video:
                 raise DWMError(name, f"{path} has no video stream", "pass an mp4/webm/mov video file")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 8)
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if limit is not None and len(frames) >= limit:
+                    break
     except DWMError:
         raise
     except (av.FFmpegError, ValueError, OSError) as err:
@@ -31,8 +36,18 @@ def read_video(path: str, name: str = "video") -> tuple[torch.Tensor, float]:
                        "the file is corrupt or not a video; re-export it as H.264 mp4") from err
     if not frames:
         raise DWMError(name, f"{path} holds no decodable frames", "re-export it as H.264 mp4")
-    video = torch.from_numpy(np.stack(frames)).float().div_(255)
-    return video, fps
+    return frames, fps
+
+
+def read_video(path: str, name: str = "video") -> tuple[torch.Tensor, float]:
+    """All frames of the first video stream and its frame rate."""
+    frames, fps = _decode(path, name, None)
+    return torch.from_numpy(np.stack(frames)).float().div_(255), fps
+
+
+def probe_video(path: str, name: str = "video") -> None:
+    """Check cheaply (the first frame only) that ``path`` is a decodable video, before any long work."""
+    _decode(path, name, 1)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -45,13 +60,12 @@ def write_video(path: str, frames: torch.Tensor, fps: float = 8.0, crf: int = 17
     _, h, w, _ = data.shape
     if h % 2 or w % 2:
         data = np.pad(data, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    with atomic_path(path, suffix=".mp4") as tmp:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = data.shape[2], data.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for image in data:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-            container.mux(stream.encode())
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(tmp, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = data.shape[2], data.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for image in data:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
     return path

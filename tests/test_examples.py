@@ -10,9 +10,9 @@ import torch
 
 from conftest import EXAMPLES, SAMPLE_IDS, need
 from dwm.cli import main
-from dwm.dataset import Sample, read_prompt
 from dwm.cogvideox.pipeline import generate
 from dwm.cogvideox.sampler import SamplerSettings
+from dwm.dataset import Sample, read_prompt
 from dwm.video_io import read_video, write_video
 
 
@@ -67,10 +67,11 @@ def test_dataset_mode_resumes(tiny_dir, data_root, tmp_path):
     (root / "list.txt").write_text("00055\n\n# comment\n00017.mp4\n")
     out = tmp_path / "results"
     os.makedirs(out)
-    write_video(str(out / "00017.mp4"), torch.zeros(5, 16, 16, 3))  # finished earlier: must be kept
+    write_video(str(out / "00017.mp4"), torch.zeros(5, 16, 16, 3))  # a run killed before its comparison
     args = ["generate", "--model", tiny_dir["1.1"], "--data-root", str(root), "--list", str(root / "list.txt"),
             "--out-dir", str(out), "--steps", "1", "--width", "96", "--height", "64"]
     assert main(args) == 0
     assert read_video(str(out / "00055.mp4"))[0].shape == (49, 64, 96, 3)
-    assert read_video(str(out / "00017.mp4"))[0].shape[0] == 5
-    assert (out / "00055_compare.mp4").exists() and not (out / "00017_compare.mp4").exists()
+    assert read_video(str(out / "00055_compare.mp4"))[0].shape == (49, 64, 3 * 96, 3)  # no ground truth here
+    assert read_video(str(out / "00017.mp4"))[0].shape[0] == 5  # kept, not generated again
+    assert read_video(str(out / "00017_compare.mp4"))[0].shape == (49, 64, 96 + 96 + 64, 3)  # rebuilt from it
