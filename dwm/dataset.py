@@ -55,11 +55,16 @@ class Sample:
 def read_list(data_root: str, list_file: str) -> list[Sample]:
     """Samples of a list file (resolved as given, else under the data root), in file order."""
     path = list_file if os.path.isfile(list_file) else os.path.join(data_root, list_file)
+    fix = "pass a text file with one sample per line, e.g. realworld_dynamic/videos/00055.mp4"
+    if os.path.isdir(path):
+        raise DWMError("list file", f"{list_file} is a folder", fix)
     if not os.path.isfile(path):
-        raise DWMError("list file", f"{list_file} does not exist (nor under {data_root})",
-                       "pass a text file with one sample per line, e.g. realworld_dynamic/videos/00055.mp4")
-    with open(path, encoding="utf-8") as fh:
-        lines = [line.split("#", 1)[0].strip() for line in fh]
+        raise DWMError("list file", f"{list_file} does not exist (nor under {data_root})", fix)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [line.split("#", 1)[0].strip() for line in fh]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DWMError("list file", f"cannot read {path}: {err}", fix + " (UTF-8 text, readable)") from err
     lines = [line for line in lines if line]
     if not lines:
         raise DWMError("list file", f"{path} lists no samples", "add one sample per line (a video path or an id)")

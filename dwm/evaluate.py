@@ -90,7 +90,8 @@ def write_tables(rows: list[dict], out_dir: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="PSNR/SSIM (and LPIPS/DreamSim when available) of videos")
+    parser = argparse.ArgumentParser(prog="python -m dwm.evaluate", allow_abbrev=False,
+                                     description="PSNR/SSIM (and LPIPS/DreamSim when available) of videos")
     parser.add_argument("--pred", required=True, help="folder of generated videos")
     parser.add_argument("--gt", required=True, help="folder of ground-truth videos with the same names")
     parser.add_argument("--out", default=None, help="where to write metrics.csv/.md (default: --pred)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -30,7 +31,7 @@ import requests
 import websocket
 from tqdm import tqdm
 
-from dwm.atomic import atomic_path
+from dwm.atomic import atomic_path, clean_stale_temporaries
 from dwm.dataset import read_list
 from dwm.errors import DWMError
 from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, find_targets, load_workflow,
@@ -345,7 +346,8 @@ from the server and keeps the manifest; rerun the same command to resume."""
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m dwm.queue", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m dwm.queue", allow_abbrev=False,
+                                description=__doc__.split("\n\n")[0],
                                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default="http://127.0.0.1:8188",
                    help="ComfyUI base URL (default http://127.0.0.1:8188)")
@@ -367,6 +369,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    started = time.time()
     args = parse_args(argv)
     try:
         wf = load_workflow(args.workflow)
@@ -380,6 +383,8 @@ def main(argv=None) -> int:
         check_server(comfy, wf)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        for suffix in {os.path.splitext(p)[1] for p in os.listdir(out)} - {""}:  # what a kill left
+            clean_stale_temporaries(str(out), started, suffix)
     except (UsageError, DWMError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

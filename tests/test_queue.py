@@ -1,6 +1,7 @@
 """dwm.queue against an in-process fake ComfyUI: collection, resume, errors, Ctrl-C, retries."""
 import _thread
 import json
+import os
 import socket
 import threading
 import time
@@ -280,3 +281,16 @@ def test_transient_errors_are_retried(data):
         assert fake.drop["/prompt"] == 0 and fake.drop_after["/prompt"] == 0
         assert len(fake.prompts) == 3
     assert {r["status"] for r in manifest(data).values()} == {"done"}
+
+
+def test_rerun_removes_what_a_killed_run_left_half_written(data):
+    data["out"].mkdir()
+    stale = [data["out"] / ".tmp-dwm-abc123.mp4", data["out"] / ".tmp-dwm-def456.jsonl"]
+    for path in stale:
+        path.write_bytes(b"half")
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    mine = data["out"] / "notes.mp4"  # not ours by name: kept
+    mine.write_bytes(b"keep")
+    with FakeComfy() as fake:
+        assert run(fake.url, data) == 0
+    assert not any(p.exists() for p in stale) and mine.read_bytes() == b"keep"
