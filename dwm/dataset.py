@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import DWMError
+from .names import safe_part
 
 VIDEO_DIRS = {"video": "videos", "static": "videos_static", "hands": "videos_hands"}
 LATENT_DIRS = {"video": "video_latents", "static": "static_video_latents", "hands": "hand_video_latents"}
@@ -30,7 +31,7 @@ class Sample:
     @property
     def slug(self) -> str:
         """A file-name-safe name for outputs (``realworld_dynamic_videos_00055``)."""
-        return self.name.removesuffix(".mp4").replace("/", "_").replace("\\", "_")
+        return safe_part(self.name.removesuffix(".mp4").replace("/", "_").replace("\\", "_"))
 
     def video(self, key: str) -> str:
         return os.path.join(self.root, VIDEO_DIRS[key], self.stem + ".mp4")

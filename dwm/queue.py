@@ -19,9 +19,12 @@ node, and --set NODE_ID.INPUT=VALUE sets any input for every job (VALUE is JSON 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -321,6 +324,23 @@ class Batch:
         return 1 if failed else 0
 
 
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (so our queued prompts are removed) whatever the
+    disposition this process inherited: a shell starts `&` and nohup jobs with SIGINT ignored."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
 def check_server(comfy: Comfy, wf: dict) -> None:
     """Fail up front when the server is down or lacks a node type the workflow uses."""
     try:
@@ -392,7 +412,8 @@ def main(argv=None) -> int:
     jobs = manifest.plan(list(files), seeds)
     manifest.save()
     try:
-        return Batch(comfy, wf, targets, sets, files, manifest, args.max_queued).run(jobs)
+        with interrupt_on_signals():
+            return Batch(comfy, wf, targets, sets, files, manifest, args.max_queued).run(jobs)
     except ServerDown as e:
         manifest.save()
         print(f"error: lost ComfyUI at {comfy.url}: {e}; rerun the same command to resume",

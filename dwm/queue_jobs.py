@@ -6,12 +6,12 @@ server runs (and fails with a one-line message) before anything is uploaded or q
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dwm.atomic import atomic_path
 from dwm.dataset import Sample, read_prompt
+from dwm.names import base_name, safe_part
 
 # Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's; the
 # prompt and seed live in our DWMTextEncode / DWMSampler (CogVideoX) or in the core text encoder and
@@ -159,8 +159,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def output_name(job: Job, node: str, filename: str) -> str:
-    safe_node = node.replace(":", "-").replace("/", "-")
-    return f"{job.sample}_seed{job.seed}_{safe_node}_{os.path.basename(filename)}"
+    """A file name inside --out on every platform, whatever the workflow's node ids or the server's names."""
+    return f"{safe_part(job.sample)}_seed{job.seed}_{safe_part(node)}_{base_name(filename)}"
 
 
 class Manifest:

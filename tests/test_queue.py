@@ -2,7 +2,10 @@
 import _thread
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +14,8 @@ import pytest
 
 from dwm import queue as q
 from dwm.queue_jobs import find_targets
+
+REPO = str(Path(__file__).resolve().parents[1])
 from tests.fake_comfy_server import CORE_TYPES, FakeComfy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,3 +299,49 @@ def test_rerun_removes_what_a_killed_run_left_half_written(data):
     with FakeComfy() as fake:
         assert run(fake.url, data) == 0
     assert not any(p.exists() for p in stale) and mine.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_a_queue_started_with_sigint_ignored(data, signum):
+    """As under `nohup` or `cmd &`: the inherited SIG_IGN must not make Ctrl-C (or a kill) a no-op."""
+    data["list"].write_text("00013\n")
+    with FakeComfy() as fake:
+        fake.hold = True
+        cmd = [sys.executable, "-m", "dwm.queue", "--server", fake.url, "--workflow", str(data["wf"]),
+               "--data-root", str(data["root"]), "--list", str(data["list"]), "--out", str(data["out"])]
+        proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        deadline = time.time() + 30
+        while time.time() < deadline and not fake.prompts:
+            time.sleep(0.05)
+        assert fake.prompts, "the queue never submitted its job"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "our queued prompts were removed" in err
+    assert manifest(data)[("00013", 0)]["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("node, filename", [("..\\..\\x", "a.mp4"), ("7", "..\\..\\evil.mp4"),
+                                            ("7", "/etc/passwd"), ("CON", "NUL.mp4"), ("9:1", ".hidden")])
+def test_output_names_stay_inside_out_on_every_platform(node, filename):
+    from dwm.queue_jobs import Job, output_name
+
+    name = output_name(Job(sample="..\\s", seed=0), node, filename)
+    assert not any(c in name for c in "/\\:") and not name.startswith(".")
+    assert name.startswith("s_seed0_") and name.split(".")[0].upper() not in {"CON", "NUL"}
+
+
+def test_safe_part_avoids_device_names_dots_and_separators():
+    from dwm.names import base_name, safe_part
+
+    assert safe_part("CON") == "_CON" and safe_part("nul.mp4") == "_nul.mp4"
+    assert safe_part("..") == "_" and safe_part("") == "_" and safe_part("a/b\\c") == "a-b-c"
+    assert base_name("..\\..\\evil.mp4") == "evil.mp4" and base_name("x/y/z.mp4") == "z.mp4"
+
+
+def test_sample_slug_from_a_hostile_list_line_is_a_plain_name():
+    from dwm.dataset import Sample
+
+    assert Sample("..\\..\\x", "root", "x").slug == "_.._x"
+    assert Sample("realworld_dynamic/videos/00055.mp4", "root", "00055").slug == "realworld_dynamic_videos_00055"
