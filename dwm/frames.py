@@ -9,6 +9,8 @@ Rules (see docs/input-rules.md):
 * **Frame count**: the VAE needs ``4k + 1`` frames. The target is ``num_frames`` when given (it must
   be ``4k + 1``), otherwise the largest ``4k + 1`` not above the video's length. A longer video loses
   its trailing frames; a shorter one is padded by repeating its last frame. Both warn.
+* **Values**: floats in [0, 1]; ``uint8`` frames are divided by 255, float frames in 0-255 too (with
+  a warning); NaN/inf or other ranges are refused.
 * For a V1.5 base an odd latent count is handled in the sampler (see ``sampler.py``), not here.
 """
 
@@ -53,6 +55,35 @@ def check_frames(frames: torch.Tensor, name: str) -> None:
         raise DWMError(name, "the video has no frames", "check the file decodes (e.g. open it in a player)")
 
 
+def unit_range(frames: torch.Tensor, name: str) -> torch.Tensor:
+    """Frames as floats in [0, 1] (the value rule above)."""
+    if frames.dtype == torch.uint8:
+        return frames.float() / 255
+    frames = frames.float()
+    if not torch.isfinite(frames).all():
+        raise DWMError(name, "the frames hold NaN or infinite values",
+                       "check the node or file that produced them (a failed decode or a division by zero)")
+    low, high = frames.min().item(), frames.max().item()
+    if low >= -1e-3 and high <= 1 + 1e-3:
+        return frames.clamp(0, 1)
+    if low >= 0 and 2 < high <= 255 + 1e-3:
+        log.warning(f"{name}: values up to {high:.0f}, read as 0-255 and divided by 255 (frames are "
+                    "expected in [0, 1])")
+        return frames / 255
+    raise DWMError(name, f"values range from {low:.3g} to {high:.3g}",
+                   "pass frames in [0, 1] (ComfyUI IMAGE) or 0-255")
+
+
+def warn_crop(frames: torch.Tensor, width: int, height: int, name: str) -> None:
+    """Say how much of the picture the cover-and-crop rule removes when the aspect ratios differ."""
+    h, w = frames.shape[1:3]
+    ratio = (w / h) / (width / height)
+    if abs(ratio - 1) > 0.01:
+        side, kept = ("width", 1 / ratio) if ratio > 1 else ("height", ratio)
+        log.warning(f"{name}: {w}x{h} has another aspect ratio than {width}x{height}; "
+                    f"{(1 - kept) * 100:.0f}% of its {side} is cropped away (centre kept)")
+
+
 def match_length(frames: torch.Tensor, target: int) -> torch.Tensor:
     """Cut trailing frames, or repeat the last frame, to exactly ``target`` frames."""
     if frames.shape[0] >= target:
@@ -95,7 +126,8 @@ def prepare_frames(frames: torch.Tensor, width: int, height: int, num_frames: in
     """Frames ``[F, H, W, C]`` in [0, 1] -> ``[C, F, H, W]`` in [-1, 1] at the target size and count."""
     check_frames(frames, name)
     check_size(width, height)
-    frames = fit_frame_count(frames[..., :3], num_frames, name)
+    frames = unit_range(fit_frame_count(frames[..., :3], num_frames, name), name)  # convert only what is used
+    warn_crop(frames, width, height, name)
     frames = resize_cover(frames, width, height)
     return frames.permute(3, 0, 1, 2).float() * 2 - 1
 

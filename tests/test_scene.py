@@ -80,3 +80,27 @@ def test_scene_encoding_scaled_seeded_and_previewable(base11):
     torch.testing.assert_close(a.static, mode.permute(0, 2, 1, 3, 4) * 0.7)
     image = latents_to_rgb(a.static[0, 0], a.preview)
     assert image.shape == (8, 12, 3) and image.dtype == torch.uint8
+
+
+def test_nan_frames_are_one_clear_error():
+    frames = random_frames(9, 64, 96)
+    frames[3, 5, 5, 0] = float("nan")
+    with pytest.raises(DWMError, match="static video: the frames hold NaN"):
+        prepare_frames(frames, 96, 64, None, "static video")
+
+
+def test_uint8_and_0_255_frames_are_read_as_such(caplog):
+    frames = random_frames(9, 64, 96)
+    want = prepare_frames(frames, 96, 64, None, "v")
+    as_bytes = (frames * 255).round().to(torch.uint8)
+    torch.testing.assert_close(prepare_frames(as_bytes, 96, 64, None, "v"), want, atol=2 / 255, rtol=0)
+    with expect_log(caplog, r"hand video: values up to \d+, read as 0-255"):
+        got = prepare_frames(frames * 255, 96, 64, None, "hand video")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(DWMError, match="values range from -0.5"):
+        prepare_frames(frames - 0.5, 96, 64, None, "v")
+
+
+def test_a_portrait_clip_says_what_is_cropped(caplog):
+    with expect_log(caplog, r"static video: 64x96 has another aspect ratio than 96x64; 56% of its height"):
+        prepare_frames(random_frames(9, 96, 64), 96, 64, None, "static video")
