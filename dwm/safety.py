@@ -44,10 +44,11 @@ def disk_full(folder: str) -> bool:
         return False
 
 
-def _inside(path: str, folder: str) -> bool:
-    folder = os.path.abspath(folder)
+def _related(path: str, folder: str) -> bool:
+    """``path`` lies in ``folder`` or is one of its parents (creating the folder failed there)."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
     try:
-        return os.path.commonpath([os.path.abspath(path), folder]) == folder
+        return os.path.commonpath([path, folder]) in (path, folder)
     except ValueError:  # another drive
         return False
 
@@ -61,7 +62,7 @@ def write_error(err: BaseException, what: str, folder: str, then: str = "") -> D
     code = getattr(err, "errno", None)
     where = getattr(err, "filename", None) or folder
     after = f", then {then}" if then else ""
-    if code not in FULL and not _inside(str(where), folder):
+    if code not in FULL and not _related(str(where), folder):
         return None  # e.g. an input that cannot be read
     if code in FULL or disk_full(folder):
         return DWMError(what, f"no space left on the disk of {folder} (writing {where})",

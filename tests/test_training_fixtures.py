@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -86,10 +87,23 @@ def config(model: str, data: str, out: str, **overrides):
     return parse_args(config_args(model, data, out, **overrides))
 
 
-def run_cli(args: list[str], launcher: list[str] | None = None, **env_extra) -> subprocess.Popen:
+DEFAULT_DISPOSITIONS = {signal.SIGINT: signal.SIG_DFL, signal.SIGTERM: signal.SIG_DFL}
+
+
+def run_cli(args: list[str], launcher: list[str] | None = None, dispositions: dict | None = None,
+            new_session: bool = False, **env_extra) -> subprocess.Popen:
+    """Start the trainer with defined signal dispositions (default: SIG_DFL), never the ones pytest
+    inherited (a background run ignores SIGINT); ``new_session`` gives it its own process group."""
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **env_extra)
     cmd = (launcher or [sys.executable]) + ["-m", "training.train"] + args
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    chosen = {**DEFAULT_DISPOSITIONS, **(dispositions or {})}
+
+    def set_dispositions():
+        for sig, handler in chosen.items():
+            signal.signal(sig, handler)
+
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=set_dispositions, start_new_session=new_session)
 
 
 def load_file_tensors(path: str) -> dict[str, torch.Tensor]:

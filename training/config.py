@@ -15,6 +15,11 @@ import yaml
 from dwm.errors import DWMError
 from dwm.frames import check_num_frames, check_size
 
+# diffusers' get_scheduler names that need nothing beyond warmup steps and cycles
+LR_SCHEDULERS = ("cosine_with_restarts", "cosine", "linear", "polynomial", "constant", "constant_with_warmup")
+TRACKERS = ("tensorboard", "none", "all", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "aim", "dvclive",
+            "swanlab")  # accelerate's LoggerType, plus none
+
 
 @dataclass
 class TrainConfig:
@@ -73,9 +78,19 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise DWMError("mixed_precision", repr(self.mixed_precision), "use bf16 (the recipe), fp16 or no")
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
-                     "validation_steps"):
+                     "validation_steps", "validation_inference_steps", "lora_rank", "lr_num_cycles"):
             if getattr(self, name) < 1:
                 raise DWMError(name, f"{getattr(self, name)} is below 1", "use a positive value")
+        for name in ("lr_warmup_steps", "dataloader_num_workers", "num_validation_videos"):
+            if getattr(self, name) < 0:
+                raise DWMError(name, f"{getattr(self, name)} is negative", "use 0 or more")
+        for name in ("learning_rate", "lora_alpha", "adam_epsilon", "max_grad_norm", "validation_fps"):
+            if not getattr(self, name) > 0:
+                raise DWMError(name, f"{getattr(self, name)} is not above 0", "use a positive value")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise DWMError("lr_scheduler", repr(self.lr_scheduler), f"use one of {', '.join(LR_SCHEDULERS)}")
+        if self.report_to and self.report_to not in TRACKERS:
+            raise DWMError("report_to", repr(self.report_to), f"use one of {', '.join(TRACKERS)}")
 
 
 def _parse_bool(text: str) -> bool:
@@ -105,8 +120,15 @@ def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
     """YAML file (flat keys, or one level of sections which are merged) then overrides, then checks."""
     values: dict = {}
     if path:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise DWMError("config", f"cannot read {path} ({str(err).splitlines()[0]})",
+                           "pass a YAML file such as training/configs/dwm_cogvideox_5b_lora.yaml") from None
+        if not isinstance(raw, dict):
+            raise DWMError("config", f"{path} holds a {type(raw).__name__}, not key: value lines",
+                           "write one `key: value` per line (or one level of sections)")
         for key, value in raw.items():
             values.update(value if isinstance(value, dict) else {key: value})
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -4,11 +4,16 @@ Samples and their file names follow the reference layout (``dwm/dataset.py``).
 Latent files hold what the reference's encoder writes: the VAE's latent *distribution* parameters
 (mean and log-variance, ``[32, F_lat, H/8, W/8]``, unscaled); a fresh sample is drawn from them at
 every training step with the run's generator. Prompt files hold T5 embeddings ``[226, D]``.
+
+``DWMDataset.probe`` checks every sample cheaply before training (first video frames, tensor shapes
+read from file headers); an error that still comes up while a data-loader worker loads an item
+travels back as data (``CarryErrors``), so the user sees the same one-line message as without workers.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
@@ -18,16 +23,18 @@ from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.cogvideox.model import LATENT_CHANNELS
 from dwm.cogvideox.text import TEXT_TOKENS
-from dwm.video_io import read_video
+from dwm.video_io import probe_video, read_video
+
 
 def latent_shape(width: int, height: int, num_frames: int) -> tuple:
     """Shape of a latent-distribution file for this size: mean and log-variance stacked."""
     return (2 * LATENT_CHANNELS, (num_frames - 1) // 4 + 1, height // 8, width // 8)
 
 
-def load_tensor(sample: Sample, path: str) -> torch.Tensor:
+def load_tensor(sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
+    """The tensor of a ``.pt`` file; ``mmap`` reads only its header and shape (the data stays on disk)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise sample.error(f"cannot read {path} ({type(err).__name__}: {err})",
                            "delete the file and run `python -m training.prepare` again") from err
@@ -65,15 +72,45 @@ class DWMDataset(Dataset):
                     raise sample.error(f"{sample.video(key)} does not exist (and no {sample.latents(key)})",
                                        "check the list file and the data root, or remove the sample")
 
+    def probe(self) -> None:
+        """Check every sample the way loading it would, but cheaply (a video's first frame, a tensor's
+        shape from its header), so that a bad sample stops the run before training, not when its
+        batch comes up."""
+        for sample in self.samples:
+            for key in VIDEO_DIRS:
+                if os.path.isfile(sample.latents(key)):
+                    self._latents(sample, sample.latents(key), mmap=True)
+                else:
+                    self._probe(sample, key)
+            if os.path.isfile(sample.prompt_embeds()):
+                self._embeds(sample, mmap=True)
+            else:
+                read_prompt(sample)
+
+    def _latents(self, sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
+        expected = latent_shape(self.width, self.height, self.num_frames)
+        return check_shape(sample, path, load_tensor(sample, path, mmap), expected,
+                           f"CogVideoX VAE latent distribution of {self.num_frames} frames at "
+                           f"{self.width}x{self.height}",
+                           "run `python -m training.prepare` with the same --width/--height/--num-frames "
+                           "(delete the stale .pt files first), or train at the size they were made for")
+
+    def _embeds(self, sample: Sample, mmap: bool = False) -> torch.Tensor:
+        path = sample.prompt_embeds()
+        return check_shape(sample, path, load_tensor(sample, path, mmap), (TEXT_TOKENS, self.text_dim),
+                           "T5 embedding of the loaded base", "the embeddings come from another text encoder: "
+                           "run `python -m training.prepare` with this base (delete the old prompt_embeds_rewrite/)")
+
+    def _probe(self, sample: Sample, key: str) -> None:
+        try:
+            probe_video(sample.video(key), name=f"sample {sample.name} {VIDEO_DIRS[key]}")
+        except DWMError as err:
+            raise sample.error(err.problem, err.fix) from None
+
     def _video(self, sample: Sample, key: str) -> torch.Tensor:
         path = sample.latents(key)
         if os.path.isfile(path):
-            expected = latent_shape(self.width, self.height, self.num_frames)
-            return check_shape(sample, path, load_tensor(sample, path), expected,
-                               f"CogVideoX VAE latent distribution of {self.num_frames} frames at "
-                               f"{self.width}x{self.height}",
-                               "run `python -m training.prepare` with the same --width/--height/--num-frames "
-                               "(delete the stale .pt files first), or train at the size they were made for")
+            return self._latents(sample, path)
         try:
             frames, _ = read_video(sample.video(key), name=f"sample {sample.name} {VIDEO_DIRS[key]}")
             return prepare_frames(frames, self.width, self.height, self.num_frames, f"{sample.name} {key}")
@@ -81,18 +118,47 @@ class DWMDataset(Dataset):
             raise sample.error(err.problem, err.fix) from err
 
     def _prompt(self, sample: Sample):
-        path = sample.prompt_embeds()
-        if not os.path.isfile(path):
-            return read_prompt(sample)
-        return check_shape(sample, path, load_tensor(sample, path), (TEXT_TOKENS, self.text_dim),
-                           "T5 embedding of the loaded base", "the embeddings come from another text encoder: "
-                           "run `python -m training.prepare` with this base (delete the old prompt_embeds_rewrite/)")
+        return self._embeds(sample) if os.path.isfile(sample.prompt_embeds()) else read_prompt(sample)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         item = {key: self._video(sample, key) for key in VIDEO_DIRS}
         item.update(name=sample.name, prompt=self._prompt(sample))
         return item
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """A :class:`DWMError` raised while loading an item, carried to the main process as data: torch
+    re-raises a worker's exception as a RuntimeError wrapping the worker's traceback."""
+
+    what: str
+    problem: str
+    fix: str
+
+
+class CarryErrors(Dataset):
+    """``dataset`` whose item errors travel as :class:`ItemError` items (see :func:`raise_item_errors`)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except DWMError as err:
+            return ItemError(err.what, err.problem, err.fix)
+
+
+def raise_item_errors(items: list) -> list[dict]:
+    """Raise a carried item error in this process as the same one-line :class:`DWMError`."""
+    for item in items:
+        if isinstance(item, ItemError):
+            raise DWMError(item.what, item.problem, item.fix)
+    return items
 
 
 def collate(items: list[dict]) -> list[dict]:

@@ -2,7 +2,8 @@
 
 One process per GPU (or ``--cpu``); accelerate shards the data, seeds each rank (``seed + rank`` for the
 training generator, the same ``seed`` for the shared data order) and averages gradients. Only the main
-process writes exports, logs and validation videos. See docs/training.md.
+process writes exports, logs and validation videos. Inputs are checked before the model loads;
+SIGINT/SIGTERM finish the current step, save it and exit with 130/143. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -28,20 +29,21 @@ from tqdm.auto import tqdm
 
 from dwm.atomic import atomic_dir
 from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder
-from dwm.dataset import read_list
-from dwm.errors import DWMError
+from dwm.errors import DWMCancelled, DWMError
 from dwm.metrics import all_metrics
 from dwm.cogvideox.model import DTYPES, load_base
 from dwm.cogvideox.sampler import SamplerSettings
 from dwm.cogvideox.scene import configure_vae
+from dwm.safety import Interrupted, SignalStop, stop_on_signals, worker_signals, write_error
 
 from . import checkpointing
 from .batch import make_step_inputs
 from .config import TrainConfig, parse_args
-from .data import DWMDataset, collate
+from .data import CarryErrors, collate, raise_item_errors
 from .lora_setup import make_trainable, to_checkpoint
 from .loss import training_loss
 from .plot import FIELDS, LOSS_CSV, plot_loss
+from .preflight import check_inputs
 from .validate import validate
 
 PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
@@ -84,19 +86,30 @@ def check_extras(cfg: TrainConfig) -> None:
                        "TensorBoard log need them)", "pip install -e '.[train]' (or --report_to none)")
 
 
-class Trainer:
-    """Holds the run's objects; ``run()`` is the loop."""
-
-    def __init__(self, cfg: TrainConfig):
-        check_extras(cfg)
-        self.cfg = cfg
-        plugin = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
-        self.acc = Accelerator(
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    plugin = GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False)
+    try:
+        return Accelerator(
             mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=plugin,
             log_with=None if cfg.report_to in ("", "none") else cfg.report_to,
             project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                                 logging_dir=os.path.join(cfg.output_dir, "logs")),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    except ValueError as err:  # e.g. bf16 (the recipe) on a GPU without bf16 support
+        raise DWMError("accelerate", str(err).splitlines()[0],
+                       "check --mixed_precision and the accelerate config against this machine") from None
+
+
+class Trainer:
+    """Holds the run's objects; ``run()`` is the loop. Inputs and the checkpoint to resume from are
+    checked before the model loads; ``stop`` (see ``dwm.safety``) asks the loop to save and stop."""
+
+    def __init__(self, cfg: TrainConfig, stop: SignalStop | None = None):
+        check_extras(cfg)
+        inputs = check_inputs(cfg)
+        self.cfg, self.stop = cfg, stop or SignalStop()
+        self.acc = make_accelerator(cfg)
+        self.resume_from = checkpointing.resolve_resume(cfg.resume, cfg.output_dir, self.acc.print)
         set_seed(cfg.seed)  # identical LoRA init on every rank
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -105,21 +118,19 @@ class Trainer:
         configure_vae(self.base.vae, tiling=True, slicing=True)
         self.params = make_trainable(self.base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules,
                                      cfg.gradient_checkpointing)
-        text_dim = self.base.transformer.config.text_embed_dim
-        dataset = DWMDataset(read_list(cfg.data_root, cfg.train_list), cfg.width, cfg.height, cfg.num_frames, text_dim)
-        loader = DataLoader(dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=collate,
-                            num_workers=cfg.dataloader_num_workers)
+        loader = DataLoader(CarryErrors(inputs.dataset), batch_size=cfg.train_batch_size, shuffle=True,
+                            collate_fn=collate, num_workers=cfg.dataloader_num_workers,
+                            worker_init_fn=worker_signals)
         optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
         # Stepped by hand once per optimizer step (accelerate would step it once per process).
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps, num_cycles=cfg.lr_num_cycles)
+        # The lr scheduler is not registered with accelerate: its state travels as JSON (checkpointing.py).
         self.model, self.optimizer, self.loader = self.acc.prepare(self.base.transformer, optimizer, loader)
-        self.acc.register_for_checkpointing(self.lr_scheduler)
         self.scheduler = CogVideoXDDIMScheduler.from_config(self.base.scheduler_config)
         self.generator = torch.Generator().manual_seed(cfg.seed + self.acc.process_index)
-        self.validation = (read_list(cfg.data_root, cfg.validation_list)[: cfg.num_validation_videos]
-                           if cfg.validation_list and cfg.num_validation_videos > 0 else [])
+        self.validation = inputs.validation
         self.name = os.path.basename(os.path.normpath(cfg.output_dir))
         self.step = 0
 
@@ -141,17 +152,20 @@ class Trainer:
         os.rmdir(reference)
         return name
 
-    def save_checkpoint(self) -> None:
-        checkpointing.save(self.acc, self.cfg.output_dir, self.step, self.generator, self.export,
-                           self.cfg.checkpoints_total_limit)
+    def save_checkpoint(self) -> str:
+        return checkpointing.save(self.acc, self.cfg.output_dir, self.step, self.generator, self.export,
+                                  self.cfg.checkpoints_total_limit, {"lr_scheduler": self.lr_scheduler.state_dict()})
 
     def resume(self) -> None:
-        folder = checkpointing.resolve_resume(self.cfg.resume, self.cfg.output_dir)
+        folder = self.resume_from
         if folder is None:
             if self.cfg.resume:
                 self.acc.print(f"--resume {self.cfg.resume}: no checkpoint in {self.cfg.output_dir}, starting fresh")
             return
-        self.step = checkpointing.load(self.acc, folder, self.generator)
+        state = checkpointing.load(self.acc, folder)
+        self.generator.set_state(state["generator"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.step = int(state["step"])
         self.acc.print(f"resumed from {folder} at step {self.step}")
 
     # -- loop ------------------------------------------------------------------------------------
@@ -164,7 +178,7 @@ class Trainer:
             loader = self.acc.skip_first_batches(self.loader, skip) if skip else self.loader
             for items in loader:
                 consumed += 1
-                yield items
+                yield raise_item_errors(items)
 
     def micro_step(self, items: list[dict]) -> torch.Tensor:
         cfg = self.cfg
@@ -179,6 +193,32 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+    def next_group(self, batches) -> list[list[dict]] | None:
+        """The micro-batches of one optimizer step, all fetched before any is used, so that a stop
+        always falls on a step boundary. None once a stop was asked for: the signal may have ended
+        the data-loader workers too, and torch then fails the fetch."""
+        try:
+            return None if self.stop.requested else [next(batches) for _ in range(self.cfg.gradient_accumulation_steps)]
+        except RuntimeError:
+            if self.stop.requested:
+                return None
+            raise
+
+    def agree_to_stop(self, local: bool) -> bool:
+        """A signal may reach only some ranks; every rank must stop at the same step."""
+        flag = torch.tensor(float(local or self.stop.requested), device=self.acc.device)
+        return self.acc.reduce(flag, reduction="sum").item() > 0
+
+    def stopped(self) -> Interrupted:
+        """Save the current step (unless an intact checkpoint of it exists), end the trackers; the
+        error to raise."""
+        folder = os.path.join(self.cfg.output_dir, f"checkpoint-{self.step}")
+        if checkpointing.problem(folder) is not None:
+            folder = self.save_checkpoint()
+        self.acc.end_training()
+        return self.stop.interrupted(f"{self.stop.name or 'a signal on another rank'} at step {self.step}: "
+                                     f"saved {folder}; continue with --resume latest")
 
     def check_finite(self, loss: float) -> None:
         if torch.isfinite(torch.tensor(loss)):
@@ -218,40 +258,45 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.resume()
         main = acc.is_main_process
+        if main:
+            checkpointing.remove_partial(cfg.output_dir)
         log = LossLog(cfg.output_dir, self.step) if main else None
         if main:
             acc.init_trackers(self.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
         self.metrics = all_metrics(cfg.dreamsim_cache, acc.print) if self.validation and main else {}
         self.model.train()
-        losses, pending, started = [], [], time.time()
+        losses, started = [], time.time()
         samples_per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", disable=not main, dynamic_ncols=True)
         batches = self.batches()
-        while self.step < cfg.max_train_steps:
-            pending.append(self.micro_step(next(batches)))
-            if not acc.sync_gradients:
-                continue
-            self.lr_scheduler.step()
-            self.step += 1
-            loss = acc.reduce(torch.stack(pending).mean(), reduction="mean").item()
-            pending = []
-            self.check_finite(loss)
-            now = time.time()
-            row = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
-                   "samples_per_s": samples_per_step / max(now - started, 1e-9)}
-            started = now
-            losses.append(loss)
-            acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
-            if main:
-                log.append(row)
-            bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.2e}")
-            bar.update(1)
-            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
-                self.save_checkpoint()
-            if self.validation and self.step % cfg.validation_steps == 0:
-                self.run_validation()
-        bar.close()
+        notice = "finishing this step, saving a checkpoint, then stopping (again: stop now)"
+        with self.stop.deferred(notice), contextlib.closing(bar):  # the bar's line ends before any message
+            while self.step < cfg.max_train_steps:
+                group = self.next_group(batches)
+                if self.agree_to_stop(group is None):
+                    raise self.stopped()
+                pending = [self.micro_step(items) for items in group]
+                self.lr_scheduler.step()
+                self.step += 1
+                loss = acc.reduce(torch.stack(pending).mean(), reduction="mean").item()
+                self.log_step(loss, samples_per_step / max(time.time() - started, 1e-9), log, bar)
+                started = time.time()
+                losses.append(loss)
+                if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+                    self.save_checkpoint()
+                if self.validation and self.step % cfg.validation_steps == 0:
+                    self.run_validation()
         return self.finish(losses)
+
+    def log_step(self, loss: float, samples_per_s: float, log: LossLog | None, bar) -> None:
+        self.check_finite(loss)
+        row = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+               "samples_per_s": samples_per_s}
+        self.acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
+        if log is not None:
+            log.append(row)
+        bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.2e}")
+        bar.update(1)
 
     def finish(self, losses: list[float]) -> RunResult:
         cfg, acc = self.cfg, self.acc
@@ -270,16 +315,30 @@ class Trainer:
         return RunResult(self.step, cfg.output_dir, os.path.join(final, name), losses)
 
 
-def run(cfg: TrainConfig) -> RunResult:
-    return Trainer(cfg).run()
+def run(cfg: TrainConfig, stop: SignalStop | None = None) -> RunResult:
+    """Train; a write that fails in the output folder (full disk, permissions) becomes a DWMError."""
+    try:
+        return Trainer(cfg, stop).run()
+    except (DWMError, DWMCancelled):
+        raise
+    except Exception as err:
+        error = write_error(err, "output_dir", cfg.output_dir, "continue with --resume latest")
+        if error is None:
+            raise
+        raise error from err
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(parse_args(argv))
-    except DWMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """The command line: one line on stderr for bad input (1) or a stop by signal (128 + signal)."""
+    with stop_on_signals() as stop:
+        try:
+            run(parse_args(argv), stop)
+        except DWMError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        except Interrupted as err:
+            print(f"stopped: {err}", file=sys.stderr)
+            return err.exit_code
     return 0
 
 
