@@ -1,12 +1,11 @@
 """Check ComfyUI workflows (UI and API format) against node schemas, without ComfyUI.
 
 The shipped workflows break silently when a node's inputs change, and a user only finds out when the
-graph editor shows red nodes. This module catches that in CI: schemas of our nodes come from their
-definitions, those of core and VideoHelperSuite nodes from a recorded ``GET /object_info``.
-Our V3 nodes (comfy_api schemas) cannot be imported without ComfyUI, so CI reads them from a
-recording of the host's own answer (``workflows/schemas/dwm_wan_nodes.json``), which a host test
-keeps equal to the live server. UI widget values are mapped to inputs the way the graph editor
-(frontend 1.35) does it, so a UI workflow and its API twin can be compared.
+graph editor shows red nodes. This module catches that in CI. Every schema comes from a recorded
+``GET /object_info`` answer: core and VideoHelperSuite nodes from a real ComfyUI 0.8.0 host, our own
+V3 nodes (which cannot be imported without ComfyUI) from ``workflows/schemas/`` (one file per model
+family), which a host test keeps equal to the live server. UI widget values are mapped to inputs the
+way the graph editor (frontend 1.35) does it, so a UI workflow and its API twin can be compared.
 """
 from __future__ import annotations
 
@@ -20,23 +19,10 @@ CONTROL = "control_after_generate"
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 SEED_NAMES = ("seed", "noise_seed")  # the editor adds a control widget to these even without the flag
 # Choices that are the model files found on a host: any name is valid offline, whatever was recorded.
-FILE_LISTS = {("VAELoader", "vae_name"), ("DWMWanModelLoader", "model_name"),
-              ("DWMWanLoraLoader", "lora_name")}
+FILE_LISTS = {("VAELoader", "vae_name"), ("DWMModelLoader", "model"), ("DWMLoraLoader", "lora"),
+              ("DWMWanModelLoader", "model_name"), ("DWMWanLoraLoader", "lora_name")}
 # Keys of a served entry that depend on where the host found the pack, not on the node.
 HOST_KEYS = ("python_module",)
-
-
-def node_spec(cls) -> dict:
-    """An ``/object_info``-shaped entry from a node class's own declarations.
-
-    A V3 node (comfy_api) builds the host's entry itself; a legacy node declares its parts.
-    """
-    if hasattr(cls, "GET_NODE_INFO_V1"):
-        return cls.GET_NODE_INFO_V1()
-    inputs = cls.INPUT_TYPES()
-    return {"input": inputs, "input_order": {sec: list(v) for sec, v in inputs.items()},
-            "output": list(cls.RETURN_TYPES),
-            "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES))}
 
 
 def recorded_entry(name: str, entry: dict) -> dict:
@@ -52,17 +38,12 @@ def recorded_entry(name: str, entry: dict) -> dict:
     return entry
 
 
-def load_schemas(recorded: str | list[str] | None, node_classes: dict,
-                 display_names: dict | None = None) -> dict:
-    """Recorded host schemas (one file or several) with our importable node classes on top."""
+def load_schemas(recorded: str | list[str]) -> dict:
+    """Recorded host schemas (one file or several; later files win), as kept offline."""
     schemas = {}
-    for path in [recorded] if isinstance(recorded, str) else recorded or []:
+    for path in [recorded] if isinstance(recorded, str) else recorded:
         with open(path, encoding="utf-8") as fh:
             schemas.update(json.load(fh))
-    for name, cls in node_classes.items():
-        spec = node_spec(cls)
-        spec["display_name"] = (display_names or {}).get(name, spec.get("display_name", name))
-        schemas[name] = spec
     return {name: recorded_entry(name, spec) for name, spec in schemas.items()}
 
 

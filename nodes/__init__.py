@@ -2,6 +2,12 @@
 
 The engine sits next to this package; the pack folder is put on ``sys.path`` (appended, so nothing
 of the host is shadowed) because ComfyUI imports a pack by file path and never installs it.
+
+Every node uses the host's V3 schema (``comfy_api.latest``) and registers through one path,
+``comfy_entrypoint`` (the host ignores it when a pack also has NODE_CLASS_MAPPINGS). It exists only
+inside a ComfyUI that has that schema; elsewhere (tests, headless tools) this package imports no
+ComfyUI module, and the CogVideoX nodes' work is reachable as plain functions
+(``nodes.cogvideox.NODE_FUNCTIONS``).
 """
 
 import importlib.util
@@ -12,30 +18,25 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from .cogvideox.conditioning import DWMSceneEncode, DWMTextEncode  # noqa: E402
-from .cogvideox.loaders import DWMLoraLoader, DWMModelLoader  # noqa: E402
-from .cogvideox.sampling import DWMSampler  # noqa: E402
-from .cogvideox.video import DWMCompare, DWMDecode  # noqa: E402
 
-NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (
-    DWMModelLoader, DWMLoraLoader, DWMTextEncode, DWMSceneEncode, DWMSampler, DWMDecode, DWMCompare)}
+def _has_v3_schema() -> bool:
+    return importlib.util.find_spec("comfy_api") is not None and \
+        importlib.util.find_spec("comfy_api.latest") is not None
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "DWMModelLoader": "DWM Model Loader",
-    "DWMLoraLoader": "DWM LoRA Loader",
-    "DWMTextEncode": "DWM Text Encode",
-    "DWMSceneEncode": "DWM Scene Encode (static + hands)",
-    "DWMSampler": "DWM Sampler",
-    "DWMDecode": "DWM Decode",
-    "DWMCompare": "DWM Compare (side by side)",
-}
 
-# The Wan nodes use the host's V3 schema (comfy_api.latest), so they register only inside a ComfyUI that
-# has it; the host serves V3 classes listed here (it ignores comfy_entrypoint when NODE_CLASS_MAPPINGS exists).
-if importlib.util.find_spec("comfy_api") is not None and importlib.util.find_spec("comfy_api.latest") is not None:
-    from .wan import WAN_DISPLAY_NAMES, WAN_NODES
+if _has_v3_schema():
+    from comfy_api.latest import ComfyExtension
 
-    NODE_CLASS_MAPPINGS.update({cls.__name__: cls for cls in WAN_NODES})
-    NODE_DISPLAY_NAME_MAPPINGS.update(WAN_DISPLAY_NAMES)
+    from .cogvideox.v3 import COGVIDEOX_NODES
+    from .wan import WAN_NODES
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    NODES = (*COGVIDEOX_NODES, *WAN_NODES)
+
+    class DWMExtension(ComfyExtension):
+        async def get_node_list(self) -> list:
+            return list(NODES)
+
+    async def comfy_entrypoint() -> DWMExtension:
+        return DWMExtension()
+
+    __all__ = ["NODES", "comfy_entrypoint"]

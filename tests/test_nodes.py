@@ -1,7 +1,12 @@
-"""The ComfyUI nodes without ComfyUI: sockets round-trip, LoRA handles, progress, cancel, imports."""
+"""The CogVideoX nodes' work without ComfyUI: the plain functions their V3 classes call (sockets,
+LoRA handles, VIDEO frame rates, progress, cancel), their fit to the recorded schemas, and imports."""
+import inspect
+import json
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,19 +16,18 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nodes  # noqa: E402
 from conftest import random_checkpoint, random_frames  # noqa: E402
 from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder  # noqa: E402
 from dwm.errors import DWMError  # noqa: E402
-from dwm.cogvideox.scene import SceneLatents  # noqa: E402
 from nodes import host  # noqa: E402
-from nodes.cogvideox.sockets import Conditioning, Latents, ModelHandle  # noqa: E402
+from nodes.cogvideox import NODE_FUNCTIONS, files  # noqa: E402
+from nodes.cogvideox.sockets import Conditioning, Latents, ModelHandle, Scene  # noqa: E402
 
-NODES = nodes.NODE_CLASS_MAPPINGS
+RECORDED = ROOT / "workflows" / "schemas" / "dwm_cogvideox_nodes.json"
 SMALL = {"width": 64, "height": 64, "num_frames": 9}
 FAST = {"steps": 2}
-SOCKET_CLASSES = {"DWM_MODEL": ModelHandle, "DWM_CONDITIONING": Conditioning, "DWM_SCENE": SceneLatents,
-                  "DWM_LATENTS": Latents}
+RETURNS = {"DWMModelLoader": ModelHandle, "DWMLoraLoader": ModelHandle, "DWMTextEncode": Conditioning,
+           "DWMSceneEncode": Scene, "DWMSampler": Latents}
 
 
 class Interrupted(Exception):
@@ -31,30 +35,27 @@ class Interrupted(Exception):
 
 
 def run(node_id, **inputs):
-    """Call a node the way the host does: widget defaults from INPUT_TYPES, then the given inputs."""
-    cls = NODES[node_id]
-    spec = cls.INPUT_TYPES()
-    kwargs = {}
-    for section in ("required", "optional"):
-        for name, (kind, *opts) in spec.get(section, {}).items():
-            opts = opts[0] if opts else {}
-            if name in inputs:
-                kwargs[name] = inputs[name]
-            elif "default" in opts:
-                kwargs[name] = opts["default"]
-            elif isinstance(kind, list):
-                kwargs[name] = kind[0]
-            elif section == "required":
-                raise AssertionError(f"{node_id}.{name} ({kind}) needs an upstream value")
-    outputs = getattr(cls(), cls.FUNCTION)(**kwargs)
-    assert isinstance(outputs, tuple) and len(outputs) == len(cls.RETURN_TYPES)
-    for value, kind in zip(outputs, cls.RETURN_TYPES):
-        if kind == "IMAGE":
-            assert value.ndim == 4 and value.shape[-1] == 3 and value.dtype == torch.float32
-            assert 0 <= value.min() and value.max() <= 1
-        else:
-            assert isinstance(value, SOCKET_CLASSES[kind]), (node_id, kind, type(value))
-    return outputs[0]
+    """Call a node's work as its V3 class does: the given inputs, the function's defaults for the rest.
+    The video nodes give (frames, frame rate); their frames are returned."""
+    out = NODE_FUNCTIONS[node_id](**inputs)
+    if node_id not in RETURNS:
+        frames, rate = out
+        assert frames.ndim == 4 and frames.shape[-1] == 3 and frames.dtype == torch.float32
+        assert 0 <= frames.min() and frames.max() <= 1
+        assert isinstance(rate, Fraction) and rate > 0
+        return frames
+    assert isinstance(out, RETURNS[node_id]), (node_id, type(out))
+    return out
+
+
+class FakeVideo:
+    """What a core VIDEO gives the nodes: get_components() with images and a frame rate."""
+
+    def __init__(self, frames, rate):
+        self.parts = SimpleNamespace(images=frames, audio=None, frame_rate=rate)
+
+    def get_components(self):
+        return self.parts
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +111,69 @@ def sample(model, cond, scene, **settings):
     return run("DWMSampler", model=model, conditioning=cond, scene=scene, **{**FAST, **settings}).samples
 
 
-def test_registration():
-    assert set(NODES) == {"DWMModelLoader", "DWMLoraLoader", "DWMTextEncode", "DWMSceneEncode",
-                          "DWMSampler", "DWMDecode", "DWMCompare"}
-    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(NODES)
-    for cls in NODES.values():
-        assert cls.CATEGORY == "DWM" and callable(getattr(cls, cls.FUNCTION))
+def _declared(entry):
+    """(name, required, options) of a served entry's inputs, in the order the host shows them."""
+    return [(name, sec == "required", entry["input"][sec][name][1])
+            for sec in ("required", "optional") for name in entry["input_order"].get(sec, [])]
+
+
+def test_recorded_schemas_fit_the_functions():
+    """The recording of the live nodes (kept equal to the host by a host test) against the functions
+    their classes call: the same inputs in the same order, with the same defaults."""
+    recorded = json.loads(RECORDED.read_text("utf-8"))
+    assert set(recorded) == set(NODE_FUNCTIONS)
+    for node_id, fn in NODE_FUNCTIONS.items():
+        entry, params = recorded[node_id], inspect.signature(fn).parameters
+        declared = _declared(entry)
+        assert [name for name, _r, _o in declared] == list(params), node_id
+        for name, required, opts in declared:
+            default = params[name].default
+            if "default" in opts:
+                assert default == opts["default"], (node_id, name)
+            else:
+                assert (default is inspect.Parameter.empty) == required, (node_id, name)
+        assert entry["category"] == "DWM"
+
+
+def test_all_ten_nodes_are_documented():
+    """Both families' recorded nodes: a display name, a description, a tooltip on every input and output."""
+    recorded = {}
+    for family in ("cogvideox", "wan"):
+        recorded.update(json.loads((RECORDED.parent / f"dwm_{family}_nodes.json").read_text("utf-8")))
+    assert len(recorded) == 10
+    for node_id, entry in recorded.items():
+        assert entry["display_name"].startswith("DWM") and len(entry["description"]) > 40, node_id
+        assert all(opts.get("tooltip") for _n, _r, opts in _declared(entry)), node_id
+        assert len(entry["output_tooltips"]) == len(entry["output"]) and all(entry["output_tooltips"]), node_id
+
+
+def test_recorded_schemas_keep_the_first_release_api():
+    """Node ids, input names (and which are sockets), output order: what saved workflows refer to."""
+    recorded = json.loads(RECORDED.read_text("utf-8"))
+    first = {"DWMModelLoader": ["model", "precision", "device"], "DWMLoraLoader": ["model", "lora", "strength"],
+             "DWMTextEncode": ["model", "prompt", "negative_prompt"],
+             "DWMSceneEncode": ["model", "static_video", "hand_video", "width", "height", "num_frames",
+                                "tiled_vae", "seed"],
+             "DWMSampler": ["model", "conditioning", "scene", "steps", "cfg", "scheduler", "seed", "batch_size",
+                            "dynamic_cfg"],
+             "DWMDecode": ["model", "latents", "tiled_vae"],
+             "DWMCompare": ["static_video", "hand_video", "output", "ground_truth"]}
+    for node_id, names in first.items():
+        assert [n for n, _r, _o in _declared(recorded[node_id])][:len(names)] == names
+    outputs = {n: recorded[n]["output"][0] for n in first}
+    assert outputs == {"DWMModelLoader": "DWM_MODEL", "DWMLoraLoader": "DWM_MODEL", "DWMTextEncode":
+                       "DWM_CONDITIONING", "DWMSceneEncode": "DWM_SCENE", "DWMSampler": "DWM_LATENTS",
+                       "DWMDecode": "IMAGE", "DWMCompare": "IMAGE"}
+    for node_id in ("DWMDecode", "DWMCompare"):
+        assert recorded[node_id]["output"] == ["IMAGE", "VIDEO"]
+        assert recorded[node_id]["input"]["optional"]["fps"][1]["default"] == 8.0
+    for name in ("static_video", "hand_video"):
+        assert recorded["DWMSceneEncode"]["input"]["required"][name][0] == "IMAGE,VIDEO"
 
 
 def test_choices_are_found_by_content(lora_names):
-    assert NODES["DWMModelLoader"].INPUT_TYPES()["required"]["model"][0] == ["tiny-v1.1", "tiny-v1.5"]
-    assert NODES["DWMLoraLoader"].INPUT_TYPES()["required"]["lora"][0] == sorted(lora_names)
+    assert files.base_choices() == ["tiny-v1.1", "tiny-v1.5"]
+    assert files.lora_choices() == sorted(lora_names)
 
 
 def test_every_node_round_trips(model, cond, scene, videos, lora_names):
@@ -251,6 +304,46 @@ def test_bad_input_is_one_clear_line(model, videos):
     assert str(err.value).startswith("width: 72") and "\n" not in str(err.value)
 
 
+def test_video_inputs_carry_their_frame_rate_to_the_decoded_video(model, cond, videos):
+    """A VIDEO gives the same scene as its frames as an IMAGE batch, and its rate reaches Decode;
+    with IMAGE batches Decode uses its fps input."""
+    rate = Fraction(30000, 1001)
+    from_video = run("DWMSceneEncode", model=model, static_video=FakeVideo(videos[0], rate),
+                     hand_video=FakeVideo(videos[1], Fraction(12)), **SMALL)
+    from_images = run("DWMSceneEncode", model=model, static_video=videos[0], hand_video=videos[1], **SMALL)
+    assert torch.equal(from_video.static, from_images.static) and torch.equal(from_video.hands, from_images.hands)
+    assert from_video.fps == rate and from_images.fps is None  # the static video's rate wins
+    latents = run("DWMSampler", model=model, conditioning=cond, scene=from_video, steps=1)
+    assert latents.fps == rate
+    frames, got = NODE_FUNCTIONS["DWMDecode"](model, latents, fps=24.0)
+    assert got == rate and frames.shape == (9, 64, 64, 3)
+    plain = run("DWMSampler", model=model, conditioning=cond, scene=from_images, steps=1)
+    assert NODE_FUNCTIONS["DWMDecode"](model, plain)[1] == 8
+    assert NODE_FUNCTIONS["DWMDecode"](model, plain, fps=29.97)[1] == Fraction(2997, 100)
+    with pytest.raises(DWMError, match="^hand_video: got a str"):
+        run("DWMSceneEncode", model=model, static_video=videos[0], hand_video="hands.mp4", **SMALL)
+
+
+def test_compare_labels_panels_and_takes_videos(videos):
+    """Each panel carries its label; VIDEO inputs give the same picture and their rate."""
+    from dwm.compare import side_by_side
+
+    output = random_frames(9, 96, 96, seed=3)
+    side, rate = NODE_FUNCTIONS["DWMCompare"](videos[0], videos[1], output, ground_truth=videos[0])
+    plain = side_by_side([videos[0][:9], videos[1][:9], output, videos[0][:9]], height=96, labels=None)
+    assert rate == 8 and side.shape == plain.shape == (9, 96, 106 + 106 + 96 + 106, 3)
+    changed = (side != plain).any(dim=(0, 3))  # [H, W]: where labels were drawn
+    rows = changed.any(dim=1).nonzero().flatten()
+    assert 0 < rows.max() < 96 // 3  # a strip at the top of the frame
+    starts = [0, 106, 212, 308]  # panel left edges: 80x72 scaled to 96 high is 106 (rounded to even)
+    assert [changed[:, x:x + 10].any().item() for x in starts] == [True] * 4
+    as_videos = NODE_FUNCTIONS["DWMCompare"](FakeVideo(videos[0], Fraction(12)), FakeVideo(videos[1], Fraction(12)),
+                                             FakeVideo(output, Fraction(15)), fps=24.0)
+    assert torch.equal(as_videos[0], NODE_FUNCTIONS["DWMCompare"](videos[0], videos[1], output)[0])
+    assert as_videos[1] == 15  # the output's own rate first
+    assert NODE_FUNCTIONS["DWMCompare"](FakeVideo(videos[0], Fraction(12)), videos[1], output)[1] == 12
+
+
 IMPORT_CHECK = """
 import importlib.util, sys
 sys.path = [p for p in sys.path if p not in ('', {root!r})]
@@ -259,16 +352,18 @@ spec = importlib.util.spec_from_file_location("/opt/custom_nodes/Any-Pack_x_Name
 pack = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = pack
 spec.loader.exec_module(pack)
-assert len(pack.NODE_CLASS_MAPPINGS) == 7 and "comfy" not in sys.modules
-assert not any(name == "nodes" for name in sys.modules)
+assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack, "comfy_entrypoint")
+assert not any(name.startswith(("comfy", "nodes")) or name.endswith(".v3") for name in sys.modules)
 print("ok")
 """
 
 
 def test_pack_imports_without_comfyui_under_any_folder_name(tmp_path):
+    """Without ComfyUI the pack imports (no host module, no V3 class) and registers nothing."""
     code = IMPORT_CHECK.format(root=str(ROOT), init=str(ROOT / "__init__.py"))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
-    out = subprocess.run([sys.executable, "-c", "import nodes, sys; assert 'comfy' not in sys.modules; "
-                          "print(len(nodes.NODE_CLASS_MAPPINGS))"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", "import nodes.cogvideox as c, sys; "
+                          "assert not any(m.startswith('comfy') for m in sys.modules); print(len(c.NODE_FUNCTIONS))"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "7", out.stderr

@@ -1,9 +1,10 @@
-"""The shipped workflows against the node schemas: ours from their definitions (the V3 Wan nodes
-from their recorded /object_info entries), core and VideoHelperSuite nodes from a recorded
-/object_info of a real ComfyUI 0.8.0 host."""
+"""The shipped workflows, and those saved with the first release, against the node schemas: ours from
+their recorded /object_info entries (workflows/schemas/, kept equal to the live host by a host test),
+core and VideoHelperSuite nodes from a recorded /object_info of a real ComfyUI 0.8.0 host."""
 import copy
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,14 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nodes  # noqa: E402
 from dwm.queue_jobs import find_targets  # noqa: E402
 from dwm.workflow_schema import (check_api, check_pair, load_schemas, recorded_entry, ui_to_api,  # noqa: E402
                                  ui_widget_slots)
 
 # The recorded host sits in the shared/ folder beside the checkout (CI points at it with DWM_SHARED).
 OBJECT_INFO = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared")) / "comfyui" / "object_info.json"
-WAN_NODES = ROOT / "workflows" / "schemas" / "dwm_wan_nodes.json"
+OUR_NODES = [ROOT / "workflows" / "schemas" / f"dwm_{family}_nodes.json" for family in ("cogvideox", "wan")]
+SAVED = ROOT / "tests" / "host" / "saved_workflows"  # the first release's CogVideoX workflows, frozen
 UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 NAMES = [p.stem for p in UI_FILES]
 WAN = ["dwm_wan_basic", "dwm_wan_lightx2v", "dwm_wan_low_vram"]
@@ -30,8 +31,7 @@ EXPECTED = {"dwm_basic", "dwm_basic_vhs", "dwm_low_vram", "dwm_lora_strength_swe
 def schemas():
     if not OBJECT_INFO.is_file():
         pytest.skip(f"{OBJECT_INFO} is missing (the recorded host schemas in shared/)")
-    return load_schemas([str(OBJECT_INFO), str(WAN_NODES)], nodes.NODE_CLASS_MAPPINGS,
-                        nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    return load_schemas([str(OBJECT_INFO), *map(str, OUR_NODES)])
 
 
 def load(name, api=False):
@@ -133,17 +133,31 @@ def test_recorded_entry_opens_file_lists_and_drops_the_module_path():
     assert vae["input"]["required"]["vae_name"] == [[]]
 
 
-def test_v3_node_classes_give_their_own_host_entry():
-    """Inside ComfyUI our V3 classes are importable: their own /object_info entry is used, as recorded."""
-    served = json.loads(WAN_NODES.read_text("utf-8"))["DWMWanModelLoader"]
+@pytest.mark.parametrize("name", sorted(p.stem for p in (SAVED / "api").glob("*.json")))
+def test_workflows_saved_with_the_first_release_still_fit(name, schemas):
+    """Their API files are valid as they are; their UI files only lack the widgets added since
+    (the editor gives those their defaults: tests/host/test_v3_nodes.py)."""
+    api = json.loads((SAVED / "api" / f"{name}.json").read_text("utf-8"))
+    ui = json.loads((SAVED / "ui" / f"{name}.json").read_text("utf-8"))
+    assert check_api(api, schemas) == []
+    from_ui, problems = ui_to_api(ui, schemas)
+    for problem in problems:
+        assert re.fullmatch(r"node \d+ \(DWM(Decode|Compare)\): (1 widget values for 2|0 widget values for 1) "
+                            r"widget slots", problem), problem
+    assert sorted(from_ui) == sorted(api) and all(from_ui[n]["class_type"] == api[n]["class_type"] for n in api)
 
-    class V3Loader:  # what comfy_api gives a V3 node: the host's entry, with the files found
-        @classmethod
-        def GET_NODE_INFO_V1(cls):
-            entry = copy.deepcopy(served)
-            entry["input"]["required"]["model_name"][1]["options"] = ["my-wan-folder"]
-            return {**entry, "python_module": "custom_nodes.ComfyUI-DWM"}
-    assert load_schemas(None, {"DWMWanModelLoader": V3Loader}) == {"DWMWanModelLoader": served}
+
+def test_video_nodes_take_and_give_videos(schemas):
+    """The CogVideoX workflows load videos straight into the DWM nodes and save the nodes' VIDEOs:
+    no frame rate to retype."""
+    for name in ("dwm_basic", "dwm_low_vram"):
+        wf = load(name, api=True)
+        assert not _by_class(wf, "GetVideoComponents") and not _by_class(wf, "CreateVideo")
+        for save in _by_class(wf, "SaveVideo"):
+            assert wf[save["video"][0]]["class_type"] in ("DWMDecode", "DWMCompare") and save["video"][1] == 1
+    assert schemas["DWMSceneEncode"]["input"]["required"]["static_video"][0] == "IMAGE,VIDEO"
+    broken = _problems_after("dwm_basic", schemas, lambda wf: wf["13"]["inputs"].update(video=["11", 0]))
+    assert broken == ["node 13 (SaveVideo): video takes VIDEO but is linked to node 11 output 0 (IMAGE)"]
 
 
 def test_wan_nodes_are_checked_from_their_recording(schemas):

@@ -3,7 +3,7 @@ ComfyUI's template browser lists) and API format (workflows/api/).
 
 One description per graph keeps the two files of a pair from drifting apart; the UI file is laid
 out the way the graph editor saves it (inputs, links, positional widget values) using the same
-widget rules that dwm.workflow_schema checks. Our Wan nodes' schemas come from the recording in
+widget rules that dwm.workflow_schema checks. Our nodes' schemas come from their recordings in
 workflows/schemas/ (see dwm.workflow_schema). Run from the repo root:
     python workflows/make_workflows.py [--object-info ../shared/comfyui/object_info.json]
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import nodes  # noqa: E402
 from dwm.workflow_schema import (FRONTEND_ONLY, declared_inputs, format_widgets, is_widget,  # noqa: E402
                                  kind, load_schemas, ui_widget_slots)
 
@@ -28,7 +27,7 @@ STATIC, HANDS = "dwm_example_static.mp4", "dwm_example_hands.mp4"
 # ComfyUI serves a pack's templates from the first of its example folders that exists, and
 # example_workflows/ comes before examples/ (our sample data); api/ twins are for scripts only.
 UI_DIR, API_DIR = ROOT / "example_workflows", ROOT / "workflows" / "api"
-WAN_NODES = ROOT / "workflows" / "schemas" / "dwm_wan_nodes.json"
+OUR_NODES = [ROOT / "workflows" / "schemas" / f"dwm_{family}_nodes.json" for family in ("cogvideox", "wan")]
 PROMPT = (ROOT / "examples" / "00055" / "prompt.txt").read_text(encoding="utf-8").strip()
 FPS = 8
 NOTE = """Model files
@@ -53,16 +52,22 @@ class Out(tuple):
 
 
 class Graph:
-    """Nodes added in order; positions are for the editor only."""
+    """Nodes added in order, numbered from 1; positions are for the editor only."""
 
     def __init__(self):
         self.nodes: list[dict] = []
+        self.last_id = 0
 
     def add(self, cls: str, pos, title: str | None = None, size=None, **inputs) -> int:
-        nid = len(self.nodes) + 1
-        self.nodes.append({"id": nid, "type": cls, "title": title, "pos": list(pos), "size": size,
+        self.last_id += 1
+        self.nodes.append({"id": self.last_id, "type": cls, "title": title, "pos": list(pos), "size": size,
                            "inputs": inputs})
-        return nid
+        return self.last_id
+
+    def skip(self, count: int = 1) -> None:
+        """Leave ids unused where a released version had nodes that are gone, so that the other
+        nodes keep their ids (``python -m dwm.queue --set NODE_ID.INPUT`` refers to them)."""
+        self.last_id += count
 
     def api(self, schemas: dict) -> dict:
         out = {}
@@ -77,10 +82,11 @@ class Graph:
     def ui(self, schemas: dict) -> dict:
         links, order = [], {n: i for i, n in enumerate(self._topological())}
         ui_nodes = [self._ui_node(n, schemas, links, order[n["id"]]) for n in self.nodes]
+        by_id = {n["id"]: n for n in ui_nodes}
         for lk in links:  # outputs list the links that leave them
-            ui_nodes[lk[1] - 1]["outputs"][lk[2]]["links"].append(lk[0])
+            by_id[lk[1]]["outputs"][lk[2]]["links"].append(lk[0])
         return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0,
-                "last_node_id": len(self.nodes), "last_link_id": len(links), "nodes": ui_nodes,
+                "last_node_id": self.last_id, "last_link_id": len(links), "nodes": ui_nodes,
                 "links": links, "groups": [], "config": {},
                 "extra": {"ds": {"scale": 0.65, "offset": [120, 560]}}, "version": 0.4}
 
@@ -109,7 +115,7 @@ class Graph:
             slot = {"name": name, "type": kind(entry), "link": None}
             if is_widget(entry):
                 slot["widget"] = {"name": name}
-            elif not required:
+            if not required:  # the editor draws optional inputs hollow
                 slot["shape"] = 7
             if isinstance(values.get(name), Out):
                 src, src_slot = values[name]
@@ -136,16 +142,9 @@ def dwm_graph(vhs=False, low_vram=False) -> Graph:
     g = Graph()
     g.add("Note", (0, -400), title="Read me: model files and inputs", size=[340, 370],
           text=NOTE + ("\n\n" + LOW_VRAM_NOTE if low_vram else ""))
-    if vhs:
-        load = dict(force_rate=0, custom_width=0, custom_height=0, frame_load_cap=0, skip_first_frames=0,
-                    select_every_nth=1, format="None")
-        static = Out((g.add("VHS_LoadVideo", (0, 0), "static video", [320, 420], video=STATIC, **load), 0))
-        hands = Out((g.add("VHS_LoadVideo", (0, 460), "hand video", [320, 420], video=HANDS, **load), 0))
-    else:
-        static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
-        hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
-        static = Out((g.add("GetVideoComponents", (360, 0), video=Out((static_v, 0))), 0))
-        hands = Out((g.add("GetVideoComponents", (360, 420), video=Out((hands_v, 0))), 0))
+    static, hands = load_videos(g, vhs)
+    if not vhs:
+        g.skip(2)  # the first release's Get Video Components nodes: the DWM nodes take VIDEOs now
     base = g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto")
     model = Out((g.add("DWMLoraLoader", (720, -380), model=Out((base, 0)), lora=LORA, strength=1.0), 0))
     cond = g.add("DWMTextEncode", (1080, -380), "prompt", [400, 300], model=model, prompt=PROMPT,
@@ -155,15 +154,39 @@ def dwm_graph(vhs=False, low_vram=False) -> Graph:
     latents = g.add("DWMSampler", (1080, 0), "sampler", [320, 260], model=model, conditioning=Out((cond, 0)),
                     scene=Out((scene, 0)), steps=50, cfg=6.0, scheduler="ddim", seed=42, batch_size=1,
                     dynamic_cfg=False)
-    frames = Out((g.add("DWMDecode", (1440, 0), model=model, latents=Out((latents, 0)), tiled_vae=True), 0))
-    save_frames(g, frames, (1800, 0), "dwm/output", "save output", vhs)
+    decode = g.add("DWMDecode", (1440, 0), size=[320, 130], model=model, latents=Out((latents, 0)),
+                   tiled_vae=True, fps=FPS)
+    save(g, decode, (1800, 0), "dwm/output", "save output", vhs)
     if not low_vram:
-        compare = g.add("DWMCompare", (1440, 300), static_video=static, hand_video=hands, output=frames)
-        save_frames(g, Out((compare, 0)), (1800, 460), "dwm/compare", "save comparison", vhs)
+        compare = g.add("DWMCompare", (1440, 300), size=[320, 170], static_video=static, hand_video=hands,
+                        output=Out((decode, 0)), fps=FPS)
+        save(g, compare, (1800, 460), "dwm/compare", "save comparison", vhs)
     return g
 
 
+def load_videos(g: Graph, vhs: bool) -> tuple[Out, Out]:
+    """The static and hand videos: core VIDEOs (their frame rate travels on), or VHS frame batches."""
+    if not vhs:
+        return (Out((g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC), 0)),
+                Out((g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS), 0)))
+    load = dict(force_rate=0, custom_width=0, custom_height=0, frame_load_cap=0, skip_first_frames=0,
+                select_every_nth=1, format="None")
+    return (Out((g.add("VHS_LoadVideo", (0, 0), "static video", [320, 420], video=STATIC, **load), 0)),
+            Out((g.add("VHS_LoadVideo", (0, 460), "hand video", [320, 420], video=HANDS, **load), 0)))
+
+
+def save(g: Graph, node: int, pos, prefix: str, title: str, vhs: bool) -> None:
+    """Save a DWM video node's output: its VIDEO (slot 1) with Save Video, or its frames with VHS."""
+    if vhs:
+        save_frames(g, Out((node, 0)), pos, prefix, title, vhs)
+        return
+    g.skip()  # the Create Video node of the first release: the DWM node gives the VIDEO itself
+    g.add("SaveVideo", pos, title, [360, 400], video=Out((node, 1)), filename_prefix=prefix, format="auto",
+          codec="auto")
+
+
 def save_frames(g: Graph, frames: Out, pos, prefix: str, title: str, vhs: bool) -> None:
+    """Save an IMAGE batch at FPS: VHS Video Combine, or Create Video + Save Video."""
     if vhs:
         g.add("VHS_VideoCombine", pos, title, [360, 420], images=frames, frame_rate=FPS, loop_count=0,
               filename_prefix=prefix, format="video/h264-mp4", pix_fmt="yuv420p", crf=19,
@@ -178,10 +201,8 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
     """One input, one shared seed, a LoRA loader per strength; the decodes stitched left to right."""
     g = Graph()
     note = g.add("Note", (0, -400), title="Read me: model files and inputs", size=[340, 370], text=NOTE)
-    static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
-    hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
-    static = Out((g.add("GetVideoComponents", (360, 0), video=Out((static_v, 0))), 0))
-    hands = Out((g.add("GetVideoComponents", (360, 420), video=Out((hands_v, 0))), 0))
+    static, hands = load_videos(g, False)
+    g.skip(2)  # the first release's Get Video Components nodes
     base = Out((g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto"), 0))
     cond = Out((g.add("DWMTextEncode", (720, -380), "prompt", [400, 300], model=base, prompt=PROMPT,
                       negative_prompt=""), 0))
@@ -198,8 +219,8 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
         latents = g.add("DWMSampler", (1520, y), f"sampler (strength {strength})", [320, 260], model=lora,
                         conditioning=cond, scene=scene, steps=50, cfg=6.0, scheduler="ddim", seed=seed,
                         batch_size=1, dynamic_cfg=False)
-        decoded.append(Out((g.add("DWMDecode", (1880, y), model=lora, latents=Out((latents, 0)),
-                                  tiled_vae=True), 0)))
+        decoded.append(Out((g.add("DWMDecode", (1880, y), size=[320, 130], model=lora, latents=Out((latents, 0)),
+                                  tiled_vae=True, fps=FPS), 0)))
     row = decoded[0]
     for i, right in enumerate(decoded[1:]):
         row = Out((g.add("ImageStitch", (2240, i * 200), image1=row, image2=right, direction="right",
@@ -247,8 +268,7 @@ def wan_graph(lightx2v=False, low_vram=False) -> Graph:
     note = WAN_NOTE + "".join("\n\n" + n for n, on in ((LIGHTX2V_NOTE, lightx2v),
                                                         (WAN_LOW_VRAM_NOTE, low_vram)) if on)
     g.add("Note", (0, -400), title="Read me: model files and inputs", size=[360, 370], text=note)
-    static_v = g.add("LoadVideo", (0, 0), "static video", [320, 380], file=STATIC)
-    hands_v = g.add("LoadVideo", (0, 420), "hand video", [320, 380], file=HANDS)
+    static, hands = load_videos(g, False)
     model = Out((g.add("DWMWanModelLoader", (400, -400), size=[320, 110], model_name=WAN_MODEL,
                        weight_dtype="fp8_e4m3fn" if low_vram else "default"), 0))
     model = Out((g.add("DWMWanLoraLoader", (760, -400), size=[320, 110], model=model, lora_name=WAN_LORA,
@@ -264,7 +284,7 @@ def wan_graph(lightx2v=False, low_vram=False) -> Graph:
     neg = g.add("CLIPTextEncode", (760, 20), "negative prompt", [400, 100], text="bad detailed", clip=clip)
     scene = g.add("DWMWanSceneConditioning", (1200, -240), size=[320, 330], positive=Out((pos, 0)),
                   negative=Out((neg, 0)), vae=vae, width=720, height=480, length=49, batch_size=1,
-                  static_video=Out((static_v, 0)), hand_video=Out((hands_v, 0)))
+                  static_video=static, hand_video=hands)
     latent = g.add("KSampler", (1560, -240), "sampler", [320, 300], model=model, seed=42,
                    steps=4 if lightx2v else 50, cfg=1.0 if lightx2v else 6.0, sampler_name="euler",
                    scheduler="normal", positive=Out((scene, 0)), negative=Out((scene, 1)),
@@ -276,11 +296,10 @@ def wan_graph(lightx2v=False, low_vram=False) -> Graph:
         frames = g.add("VAEDecode", (1920, -240), size=[220, 50], samples=Out((latent, 0)), vae=vae)
     save_frames(g, Out((frames, 0)), (1920, -140), "dwm_wan/output", "save output", False)
     if not low_vram:
-        static = Out((g.add("GetVideoComponents", (400, 60), video=Out((static_v, 0))), 0))
-        hands = Out((g.add("GetVideoComponents", (400, 460), video=Out((hands_v, 0))), 0))
-        compare = g.add("DWMCompare", (1560, 140), size=[320, 100], static_video=static, hand_video=hands,
-                        output=Out((frames, 0)))
-        save_frames(g, Out((compare, 0)), (1920, 300), "dwm_wan/compare", "save comparison", False)
+        g.skip(2)  # the first release's Get Video Components nodes
+        compare = g.add("DWMCompare", (1560, 140), size=[320, 170], static_video=static, hand_video=hands,
+                        output=Out((frames, 0)), fps=FPS)
+        save(g, compare, (1920, 300), "dwm_wan/compare", "save comparison", False)
     return g
 
 
@@ -296,8 +315,7 @@ def main() -> None:
     p.add_argument("--object-info", default=str(shared / "comfyui" / "object_info.json"),
                    help="the recorded /object_info of the host (default: $DWM_SHARED or ../shared)")
     args = p.parse_args()
-    schemas = load_schemas([args.object_info, str(WAN_NODES)], nodes.NODE_CLASS_MAPPINGS,
-                           nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    schemas = load_schemas([args.object_info, *map(str, OUR_NODES)])
     for name, make in GRAPHS.items():
         graph = make()
         for path, data in ((UI_DIR / f"{name}.json", graph.ui(schemas)), (API_DIR / f"{name}.json",

@@ -1,15 +1,14 @@
-"""The sampler node: LoRAs on, denoise with one progress update (and preview) per step."""
+"""The sampler node's work: LoRAs on, denoise with one progress update (and preview) per step."""
 
 from __future__ import annotations
 
 from dwm.cogvideox.lora import activate
+from dwm.cogvideox.sampler import SamplerSettings, sample
 from dwm.preview import latents_to_rgb
-from dwm.cogvideox.sampler import SCHEDULERS, SamplerSettings, sample
 from PIL import Image
 
 from .. import host
-from .conditioning import MAX_SEED
-from .sockets import CATEGORY, CONDITIONING, LATENTS, MODEL, SCENE, Latents
+from .sockets import Conditioning, Latents, ModelHandle, Scene
 
 
 def _cancel() -> bool:
@@ -35,39 +34,17 @@ def _step_reporter(total: int, scene):
     return on_step
 
 
-class DWMSampler:
-    """Denoise DWM latents: one video per seed (seed, seed+1, ... for a batch)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL,),
-            "conditioning": (CONDITIONING,),
-            "scene": (SCENE,),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 500}),
-            "cfg": ("FLOAT", {"default": 6.0, "min": 1.0, "max": 30.0, "step": 0.1,
-                              "tooltip": "Guidance scale; 1 = no guidance (faster, ignores the negative)."}),
-            "scheduler": (list(SCHEDULERS), {"default": "ddim"}),
-            "seed": ("INT", {"default": 42, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                                   "tooltip": "Videos per run, with seeds seed, seed+1, ..."}),
-            "dynamic_cfg": ("BOOLEAN", {"default": False,
-                                        "tooltip": "CogVideoX's cosine guidance ramp."}),
-        }}
-
-    RETURN_TYPES = (LATENTS,)
-    RETURN_NAMES = ("latents",)
-    FUNCTION = "sample"
-    CATEGORY = CATEGORY
-
-    def sample(self, model, conditioning, scene, steps, cfg, scheduler, seed, batch_size, dynamic_cfg):
-        settings = SamplerSettings(steps=steps, guidance=cfg, scheduler=scheduler, seed=seed,
-                                   batch=batch_size, dynamic_cfg=dynamic_cfg)
-        host.load(model.patchers, "transformer")
-        try:
-            activate(model.base, model.loras)
-            latents = sample(model.base, scene, conditioning.positive, conditioning.negative, settings,
-                             on_step=_step_reporter(steps, scene), cancel=_cancel)
-        finally:
-            host.free_cache()
-        return (Latents(latents.cpu()),)
+def sample_latents(model: ModelHandle, conditioning: Conditioning, scene: Scene, steps: int = 50,
+                   cfg: float = 6.0, scheduler: str = "ddim", seed: int = 42, batch_size: int = 1,
+                   dynamic_cfg: bool = False) -> Latents:
+    """DWM Sampler: one video per seed (seed, seed+1, ... for a batch), the handle's LoRAs applied."""
+    settings = SamplerSettings(steps=steps, guidance=cfg, scheduler=scheduler, seed=seed,
+                               batch=batch_size, dynamic_cfg=dynamic_cfg)
+    host.load(model.patchers, "transformer")
+    try:
+        activate(model.base, model.loras)
+        latents = sample(model.base, scene, conditioning.positive, conditioning.negative, settings,
+                         on_step=_step_reporter(steps, scene), cancel=_cancel)
+    finally:
+        host.free_cache()
+    return Latents(latents.cpu(), getattr(scene, "fps", None))

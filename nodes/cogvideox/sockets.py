@@ -1,22 +1,27 @@
-"""Our socket types and what travels on them.
+"""Our socket types, what travels on them, and the frames of an IMAGE or VIDEO input.
 
 Own type names keep core nodes from being wired to objects of another shape: ``DWM_LATENTS`` are
-``[B, F, 16, h, w]`` video latents, not the core ``LATENT`` dict.
+``[B, F, 16, h, w]`` video latents, not the core ``LATENT`` dict. The frame rate of a VIDEO input
+travels with the scene and the latents, so the decoder's VIDEO keeps it without retyping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 from dwm.cogvideox.checkpoint import DWMCheckpoint
 from dwm.cogvideox.model import DWMBase
+from dwm.cogvideox.scene import SceneLatents
+from dwm.errors import DWMError
 
 MODEL = "DWM_MODEL"
 CONDITIONING = "DWM_CONDITIONING"
-SCENE = "DWM_SCENE"  # a dwm.cogvideox.scene.SceneLatents, tensors on the CPU
+SCENE = "DWM_SCENE"  # a Scene (SceneLatents + frame rate), tensors on the CPU
 LATENTS = "DWM_LATENTS"
 CATEGORY = "DWM"
+DEFAULT_FPS = 8.0  # DWM's training videos; used when no VIDEO input says otherwise
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,8 +44,35 @@ class Conditioning:
     negative: torch.Tensor
 
 
+@dataclass
+class Scene(SceneLatents):
+    """The encoded scene, plus the frame rate of its VIDEO inputs (None when they were IMAGE batches)."""
+
+    fps: Fraction | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Latents:
-    """Denoised latents ``[B, F_lat, 16, h, w]`` on the CPU, one item per seed."""
+    """Denoised latents ``[B, F_lat, 16, h, w]`` on the CPU, one item per seed, and the scene's rate."""
 
     samples: torch.Tensor
+    fps: Fraction | None = None
+
+
+def frames_of(value, name: str) -> tuple[torch.Tensor, Fraction | None]:
+    """``[F, H, W, 3]`` frames and frame rate of an IMAGE batch (rate unknown) or a VIDEO input."""
+    if value is None:
+        raise DWMError(name, "nothing is connected", "connect an IMAGE batch or a VIDEO (e.g. Load Video)")
+    if isinstance(value, torch.Tensor):
+        return value, None
+    if not hasattr(value, "get_components"):
+        raise DWMError(name, f"got a {type(value).__name__}", "connect an IMAGE batch or a VIDEO")
+    parts = value.get_components()
+    return parts.images, Fraction(parts.frame_rate) if parts.frame_rate else None
+
+
+def as_rate(fps: float) -> Fraction:
+    """A widget's frame rate as the exact fraction a VIDEO carries (29.97 -> 2997/100)."""
+    if not fps > 0:
+        raise DWMError("fps", f"{fps} is not a positive frame rate", f"use e.g. {DEFAULT_FPS:g}")
+    return Fraction(fps).limit_denominator(1001)

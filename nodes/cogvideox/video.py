@@ -1,69 +1,49 @@
-"""Video nodes: decode latents to IMAGE frames, and a side-by-side comparison."""
+"""Video nodes' work: decode latents to frames, and a labelled side-by-side comparison.
+
+Both give frames plus a frame rate, from which the node makes its IMAGE and VIDEO outputs.
+"""
 
 from __future__ import annotations
 
-from dwm.compare import side_by_side
+from fractions import Fraction
+
+import torch
 from dwm.cogvideox.decode import decode_latents
+from dwm.compare import side_by_side
 from dwm.frames import match_length
 
 from .. import host
-from .sockets import CATEGORY, LATENTS, MODEL
+from .sockets import DEFAULT_FPS, Latents, ModelHandle, as_rate, frames_of
 
 
-class DWMDecode:
-    """Decode every batch item; their frames come out one after another as one IMAGE batch."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (MODEL,),
-            "latents": (LATENTS,),
-            "tiled_vae": ("BOOLEAN", {"default": True, "tooltip": "Bounds VAE memory (decode is the "
-                                                                  "usual out-of-memory spot)."}),
-        }}
-
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    FUNCTION = "decode"
-    CATEGORY = CATEGORY
-
-    def decode(self, model, latents, tiled_vae):
-        host.load(model.patchers, "vae")
-        try:
-            videos = decode_latents(model.base.vae, latents.samples, tiling=tiled_vae,
-                                    check_cancel=host.check_interrupted)
-        finally:
-            host.free_cache()
-        return (videos.reshape(-1, *videos.shape[2:]),)
+def decode(model: ModelHandle, latents: Latents, tiled_vae: bool = True,
+           fps: float = DEFAULT_FPS) -> tuple[torch.Tensor, Fraction]:
+    """DWM Decode: every batch item's frames one after another; the scene's VIDEO rate, else ``fps``."""
+    host.load(model.patchers, "vae")
+    try:
+        videos = decode_latents(model.base.vae, latents.samples, tiling=tiled_vae,
+                                check_cancel=host.check_interrupted)
+    finally:
+        host.free_cache()
+    return videos.reshape(-1, *videos.shape[2:]), latents.fps or as_rate(fps)
 
 
-class DWMCompare:
-    """static | hands | output | ground truth, at the output's height and frame count."""
+def compare(static_video, hand_video, output, ground_truth=None,
+            fps: float = DEFAULT_FPS) -> tuple[torch.Tensor, Fraction]:
+    """DWM Compare: static | hands | output | ground truth, labelled, at the output's height and length.
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "static_video": ("IMAGE",),
-            "hand_video": ("IMAGE",),
-            "output": ("IMAGE",),
-        }, "optional": {
-            "ground_truth": ("IMAGE",),
-        }}
+    Inputs are IMAGE batches or VIDEOs; the rate is the first VIDEO's (output first), else ``fps``.
+    """
+    out, out_rate = frames_of(output, "output")
+    static, static_rate = frames_of(static_video, "static_video")
+    hands, hand_rate = frames_of(hand_video, "hand_video")
+    truth, truth_rate = frames_of(ground_truth, "ground_truth") if ground_truth is not None else (None, None)
+    frames = out.shape[0]
+    # A batch decodes to its videos one after another: repeat the inputs once per video.
+    repeats = frames // static.shape[0] if frames % static.shape[0] == 0 else 1
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
-    FUNCTION = "compare"
-    CATEGORY = CATEGORY
+    def fit(video):
+        return None if video is None else match_length(video.repeat(repeats, 1, 1, 1), frames)
 
-    def compare(self, static_video, hand_video, output, ground_truth=None):
-        frames = output.shape[0]
-        # A batch decodes to its videos one after another: repeat the inputs once per video.
-        repeats = frames // static_video.shape[0] if frames % static_video.shape[0] == 0 else 1
-
-        def fit(video):
-            return match_length(video.repeat(repeats, 1, 1, 1), frames)
-
-        panels = [fit(static_video), fit(hand_video), output]
-        if ground_truth is not None:
-            panels.append(fit(ground_truth))
-        return (side_by_side(panels, height=output.shape[1]),)
+    side = side_by_side([fit(static), fit(hands), out, fit(truth)], height=out.shape[1])
+    return side, out_rate or static_rate or hand_rate or truth_rate or as_rate(fps)

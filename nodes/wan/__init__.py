@@ -8,5 +8,3 @@ from .conditioning import DWMWanSceneConditioning
 from .loaders import DWMWanLoraLoader, DWMWanModelLoader
 
 WAN_NODES = (DWMWanModelLoader, DWMWanLoraLoader, DWMWanSceneConditioning)
-WAN_DISPLAY_NAMES = {"DWMWanModelLoader": "DWM-Wan Model Loader", "DWMWanLoraLoader": "DWM-Wan LoRA Loader",
-                     "DWMWanSceneConditioning": "DWM-Wan Scene Conditioning"}

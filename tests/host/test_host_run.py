@@ -11,45 +11,41 @@ import uuid
 
 import pytest
 
-import nodes
 from dwm.video_io import read_video
-from dwm.workflow_schema import kind, recorded_entry
+from dwm.workflow_schema import recorded_entry
+from nodes.cogvideox import NODE_FUNCTIONS
 
 from .conftest import (FRAMES, LORA_NAME, MODEL_NAME, REPO, WAN_LORA, WAN_MODEL, api_workflow, own_group,
                        runnable, small_settings)
 
 pytestmark = pytest.mark.host
 WORKFLOWS = sorted(p.stem for p in (REPO / "workflows" / "api").glob("*.json"))
-WAN_NODES = REPO / "workflows" / "schemas" / "dwm_wan_nodes.json"
+WAN_IDS = ("DWMWanModelLoader", "DWMWanLoraLoader", "DWMWanSceneConditioning")
+# Each family's nodes as served, recorded for the offline workflow checks (tests/test_workflows.py).
+RECORDINGS = {REPO / "workflows" / "schemas" / "dwm_cogvideox_nodes.json": tuple(NODE_FUNCTIONS),
+              REPO / "workflows" / "schemas" / "dwm_wan_nodes.json": WAN_IDS}
+PACK_MODULE = "custom_nodes.ComfyUI-DWM"  # where the host says a node of this pack comes from
 RUN_TIMEOUT_S = 600
 # A long Wan run, its steps about 0.1 s each on 2 CPU cores: an interrupt lands within one of them.
 CANCEL_STEPS, CANCEL_SIZE = 500, (320, 240)
 
 
-def test_object_info_lists_our_nodes_as_defined(comfy):
-    """Same inputs, types and outputs as the definitions; the model lists hold the files we placed."""
+def test_our_nodes_are_served_as_recorded(comfy):
+    """The pack's one entry point gives all ten V3 nodes (7 CogVideoX, 3 Wan), served as the recordings
+    CI checks the workflows and the node functions with; the model and LoRA lists hold just the files
+    placed. DWM_UPDATE_OBJECT_INFO=1 rewrites the recordings."""
     info = comfy.get("/object_info").json()
-    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
-        served, declared = info[name], cls.INPUT_TYPES()
-        for sec in ("required", "optional"):
-            got = {k: kind(v) for k, v in served["input"].get(sec, {}).items()}
-            assert got == {k: kind(v) for k, v in declared.get(sec, {}).items()}, f"{name} {sec}"
-        assert served["output"] == list(cls.RETURN_TYPES)
-        assert served["display_name"] == nodes.NODE_DISPLAY_NAME_MAPPINGS[name]
-    assert info["DWMModelLoader"]["input"]["required"]["model"][0] == [MODEL_NAME]
-    assert info["DWMLoraLoader"]["input"]["required"]["lora"][0] == [LORA_NAME]
-
-
-def test_wan_nodes_are_served_as_recorded(comfy):
-    """The V3 Wan nodes as served equal the recording CI checks the workflows with; the model and
-    LoRA lists hold just the Wan folders placed. DWM_UPDATE_OBJECT_INFO=1 rewrites the recording."""
-    info = comfy.get("/object_info").json()
-    served = {name: recorded_entry(name, entry) for name, entry in info.items() if name.startswith("DWMWan")}
-    if os.environ.get("DWM_UPDATE_OBJECT_INFO") == "1":
-        WAN_NODES.write_text(json.dumps(served, indent=1) + "\n", encoding="utf-8")
-    assert served == json.loads(WAN_NODES.read_text(encoding="utf-8"))
-    assert info["DWMWanModelLoader"]["input"]["required"]["model_name"][1]["options"] == [WAN_MODEL]
-    assert info["DWMWanLoraLoader"]["input"]["required"]["lora_name"][1]["options"] == [WAN_LORA]
+    assert {name for name, entry in info.items() if entry["python_module"] == PACK_MODULE} == \
+        set(NODE_FUNCTIONS) | set(WAN_IDS)
+    for path, names in RECORDINGS.items():
+        served = {name: recorded_entry(name, info[name]) for name in names}
+        if os.environ.get("DWM_UPDATE_OBJECT_INFO") == "1":
+            path.write_text(json.dumps(served, indent=1) + "\n", encoding="utf-8")
+        assert served == json.loads(path.read_text(encoding="utf-8")), path.name
+    choices = {(node, inp): info[node]["input"]["required"][inp][1]["options"] for node, inp in (
+        ("DWMModelLoader", "model"), ("DWMLoraLoader", "lora"), ("DWMWanModelLoader", "model_name"),
+        ("DWMWanLoraLoader", "lora_name"))}
+    assert list(choices.values()) == [[MODEL_NAME], [LORA_NAME], [WAN_MODEL], [WAN_LORA]]
 
 
 def test_template_browser_serves_every_ui_workflow(comfy):
