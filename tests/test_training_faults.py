@@ -31,7 +31,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("training.train.load_base", refuse)
+    monkeypatch.setattr("training.families.cogvideox.load_base", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(tmp_p
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("training.train.save_reference_folder", full)
+    monkeypatch.setattr("training.families.cogvideox.save_reference_folder", full)
     with pytest.raises(DWMError) as info:
         run(config(tiny_v11, prepared_data, out, max_train_steps=2, checkpointing_steps=1, resume="latest"))
     assert str(info.value) == (f"output_dir: no space left on the disk of {out} (writing {out}). Fix: free disk "

@@ -2,7 +2,7 @@
 
 Layout of ``<output_dir>/checkpoint-<step>/``:
 
-* accelerate's state (trainable weights as safetensors, optimizer, RNG states),
+* accelerate's state (the trainable weights only, as safetensors; optimizer; RNG states),
 * ``generator-rank<i>.pt``: each rank's training generator (noise, timesteps, latent samples),
 * the LoRA in the reference output-folder format (``pytorch_lora_weights.safetensors`` +
   ``non_lora_weights.safetensors``: the folder itself loads in the reference code and in our nodes)
@@ -28,6 +28,7 @@ import re
 import shutil
 
 import torch
+from accelerate.utils import DistributedType
 from accelerate.utils import load as weights_only_load  # torch.load + numpy RNG arrays allowed
 from safetensors import safe_open
 
@@ -152,6 +153,18 @@ def remove_partial(output_dir: str) -> list[str]:
     return names
 
 
+def trainable_only(module: torch.nn.Module):
+    """A ``save_state`` pre-hook that keeps only the trainable tensors in the saved model state: the
+    frozen base (28 GB for Wan 14B) is read from the base folder again, never copied per checkpoint."""
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+
+    def hook(models, weights, output_dir) -> None:
+        for i, state in enumerate(weights):
+            weights[i] = {k: v for k, v in state.items() if k in names}
+
+    return hook
+
+
 def save(accelerator, output_dir: str, step: int, generator: torch.Generator, export, limit: int,
          state: dict) -> str:
     """Write checkpoint-<step> atomically on every rank's behalf; ``export(folder)`` runs on all ranks
@@ -201,6 +214,9 @@ def load(accelerator, folder: str) -> dict:
         raise DWMError("resume", f"{folder} was written by {state['num_processes']} processes, this run has "
                        f"{accelerator.num_processes}",
                        "resume with the same number of processes (the data order and RNG streams depend on it)")
-    accelerator.load_state(folder, load_kwargs={"weights_only": True})
+    # The model file holds the trainable tensors only (see trainable_only); DeepSpeed keeps its own files
+    # and takes no such argument.
+    partial = {} if accelerator.distributed_type == DistributedType.DEEPSPEED else {"strict": False}
+    accelerator.load_state(folder, load_kwargs={"weights_only": True}, **partial)
     state["generator"] = torch.load(generator_file(folder, accelerator.process_index), weights_only=True)
     return state

@@ -1,9 +1,11 @@
 """Dataset in the reference layout, with precomputed latents when present and videos otherwise.
 
-Samples and their file names follow the reference layout (``dwm/dataset.py``).
-Latent files hold what the reference's encoder writes: the VAE's latent *distribution* parameters
-(mean and log-variance, ``[32, F_lat, H/8, W/8]``, unscaled); a fresh sample is drawn from them at
-every training step with the run's generator. Prompt files hold T5 embeddings ``[226, D]``.
+Samples and their file names follow the reference layout (``dwm/dataset.py``); each family names its
+precomputed files with a folder suffix and their shapes (``Layout``). CogVideoX latent files hold what
+the reference's encoder writes: the VAE's latent *distribution* parameters (mean and log-variance,
+``[32, F_lat, H/8, W/8]``, unscaled), from which a fresh sample is drawn at every training step with the
+run's generator; prompt files hold T5 embeddings ``[226, D]``. Wan files (``*_wan/``) hold one
+normalised latent sample ``[16, F_lat, H/8, W/8]`` and umT5 embeddings ``[L, 4096]`` trimmed to the prompt.
 
 ``DWMDataset.probe`` checks every sample cheaply before training (first video frames, tensor shapes
 read from file headers); an error that still comes up while a data-loader worker loads an item
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from dwm.dataset import VIDEO_DIRS, Sample, read_prompt
+from dwm.dataset import LATENT_DIRS, PROMPT_EMBED_DIR, VIDEO_DIRS, Sample, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.cogvideox.model import LATENT_CHANNELS
@@ -26,9 +28,30 @@ from dwm.cogvideox.text import TEXT_TOKENS
 from dwm.video_io import probe_video, read_video
 
 
-def latent_shape(width: int, height: int, num_frames: int) -> tuple:
-    """Shape of a latent-distribution file for this size: mean and log-variance stacked."""
-    return (2 * LATENT_CHANNELS, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+@dataclass(frozen=True)
+class Layout:
+    """A family's precomputed files: folder suffix, latent channels, prompt length (None: 1..max_tokens)."""
+
+    suffix: str = ""
+    latent_channels: int = 2 * LATENT_CHANNELS
+    text_tokens: int | None = TEXT_TOKENS
+    max_tokens: int = TEXT_TOKENS
+    what: str = "CogVideoX VAE latent distribution"
+    encoder: str = "T5"
+
+    def latents(self, sample: Sample, key: str) -> str:
+        return os.path.join(sample.root, LATENT_DIRS[key] + self.suffix, sample.stem + ".pt")
+
+    def prompt_embeds(self, sample: Sample) -> str:
+        return os.path.join(sample.root, PROMPT_EMBED_DIR + self.suffix, sample.stem + ".pt")
+
+
+COGVIDEOX_LAYOUT = Layout()
+
+
+def latent_shape(width: int, height: int, num_frames: int, channels: int = 2 * LATENT_CHANNELS) -> tuple:
+    """Shape of a latent file for this size (CogVideoX: mean and log-variance stacked)."""
+    return (channels, (num_frames - 1) // 4 + 1, height // 8, width // 8)
 
 
 def load_tensor(sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
@@ -40,11 +63,15 @@ def load_tensor(sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
                            "delete the file and run `python -m training.prepare` again") from err
 
 
-def check_shape(sample: Sample, path: str, tensor, expected: tuple, what: str, fix: str) -> torch.Tensor:
+def check_shape(sample: Sample, path: str, tensor, expected: tuple, what: str, fix: str,
+                max_first: int = 0) -> torch.Tensor:
+    """``expected[0]`` None: any length from 1 to ``max_first``."""
     if not isinstance(tensor, torch.Tensor):
         raise sample.error(f"{path} holds a {type(tensor).__name__}, not a tensor", fix)
     if tensor.ndim == len(expected) + 1 and tensor.shape[0] == 1:
         tensor = tensor[0]
+    if expected[0] is None and tensor.ndim == len(expected) and 1 <= tensor.shape[0] <= max_first:
+        expected = (tensor.shape[0], *expected[1:])
     if tuple(tensor.shape) != tuple(expected):
         raise sample.error(f"{path} has shape {list(tensor.shape)}, expected {list(expected)} ({what})", fix)
     if not torch.is_floating_point(tensor):
@@ -53,12 +80,14 @@ def check_shape(sample: Sample, path: str, tensor, expected: tuple, what: str, f
 
 
 class DWMDataset(Dataset):
-    """Items: ``name``, ``video``/``static``/``hands`` (latent-distribution ``[32, F, h, w]`` or frames
-    ``[3, F, H, W]`` in [-1, 1] when not precomputed) and ``prompt`` (embedding ``[226, D]`` or text)."""
+    """Items: ``name``, ``video``/``static``/``hands`` (the layout's latents, e.g. a CogVideoX distribution
+    ``[32, F, h, w]``, or frames ``[3, F, H, W]`` in [-1, 1] when not precomputed) and ``prompt`` (embedding
+    ``[226, D]`` / ``[L, D]``, or text)."""
 
-    def __init__(self, samples: list[Sample], width: int, height: int, num_frames: int, text_dim: int):
+    def __init__(self, samples: list[Sample], width: int, height: int, num_frames: int, text_dim: int,
+                 layout: Layout = COGVIDEOX_LAYOUT):
         self.samples, self.width, self.height, self.num_frames = samples, width, height, num_frames
-        self.text_dim = text_dim
+        self.text_dim, self.layout = text_dim, layout
         self.check_files()
 
     def __len__(self) -> int:
@@ -68,8 +97,9 @@ class DWMDataset(Dataset):
         """Fail before training starts when a sample lacks both its latents and its video."""
         for sample in self.samples:
             for key in VIDEO_DIRS:
-                if not os.path.isfile(sample.latents(key)) and not os.path.isfile(sample.video(key)):
-                    raise sample.error(f"{sample.video(key)} does not exist (and no {sample.latents(key)})",
+                latents = self.layout.latents(sample, key)
+                if not os.path.isfile(latents) and not os.path.isfile(sample.video(key)):
+                    raise sample.error(f"{sample.video(key)} does not exist (and no {latents})",
                                        "check the list file and the data root, or remove the sample")
 
     def probe(self) -> None:
@@ -78,28 +108,29 @@ class DWMDataset(Dataset):
         batch comes up."""
         for sample in self.samples:
             for key in VIDEO_DIRS:
-                if os.path.isfile(sample.latents(key)):
-                    self._latents(sample, sample.latents(key), mmap=True)
+                if os.path.isfile(self.layout.latents(sample, key)):
+                    self._latents(sample, self.layout.latents(sample, key), mmap=True)
                 else:
                     self._probe(sample, key)
-            if os.path.isfile(sample.prompt_embeds()):
+            if os.path.isfile(self.layout.prompt_embeds(sample)):
                 self._embeds(sample, mmap=True)
             else:
                 read_prompt(sample)
 
     def _latents(self, sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
-        expected = latent_shape(self.width, self.height, self.num_frames)
+        expected = latent_shape(self.width, self.height, self.num_frames, self.layout.latent_channels)
         return check_shape(sample, path, load_tensor(sample, path, mmap), expected,
-                           f"CogVideoX VAE latent distribution of {self.num_frames} frames at "
+                           f"{self.layout.what} of {self.num_frames} frames at "
                            f"{self.width}x{self.height}",
                            "run `python -m training.prepare` with the same --width/--height/--num-frames "
                            "(delete the stale .pt files first), or train at the size they were made for")
 
     def _embeds(self, sample: Sample, mmap: bool = False) -> torch.Tensor:
-        path = sample.prompt_embeds()
-        return check_shape(sample, path, load_tensor(sample, path, mmap), (TEXT_TOKENS, self.text_dim),
-                           "T5 embedding of the loaded base", "the embeddings come from another text encoder: "
-                           "run `python -m training.prepare` with this base (delete the old prompt_embeds_rewrite/)")
+        path = self.layout.prompt_embeds(sample)
+        return check_shape(sample, path, load_tensor(sample, path, mmap), (self.layout.text_tokens, self.text_dim),
+                           f"{self.layout.encoder} embedding of the loaded base", "the embeddings come from another "
+                           "text encoder: run `python -m training.prepare` with this base (delete the old "
+                           f"{os.path.basename(os.path.dirname(path))}/)", self.layout.max_tokens)
 
     def _probe(self, sample: Sample, key: str) -> None:
         try:
@@ -108,7 +139,7 @@ class DWMDataset(Dataset):
             raise sample.error(err.problem, err.fix) from None
 
     def _video(self, sample: Sample, key: str) -> torch.Tensor:
-        path = sample.latents(key)
+        path = self.layout.latents(sample, key)
         if os.path.isfile(path):
             return self._latents(sample, path)
         try:
@@ -118,7 +149,7 @@ class DWMDataset(Dataset):
             raise sample.error(err.problem, err.fix) from err
 
     def _prompt(self, sample: Sample):
-        return self._embeds(sample) if os.path.isfile(sample.prompt_embeds()) else read_prompt(sample)
+        return self._embeds(sample) if os.path.isfile(self.layout.prompt_embeds(sample)) else read_prompt(sample)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]

@@ -20,7 +20,8 @@ from .config import TrainConfig
 from .data import DWMDataset
 
 MODEL_FIX = ("pass the folder of a CogVideoX-Fun InP model in diffusers layout (transformer/, vae/, "
-             "text_encoder/, tokenizer/, scheduler/), e.g. a download of alibaba-pai/CogVideoX-Fun-V1.1-5b-InP")
+             "text_encoder/, tokenizer/, scheduler/), e.g. a download of alibaba-pai/CogVideoX-Fun-V1.1-5b-InP, "
+             "or a Wan2.1-Fun InP folder (VideoX-Fun layout: config.json + diffusion_pytorch_model*.safetensors)")
 
 
 @dataclass
@@ -50,14 +51,15 @@ def transformer_config(model: str) -> dict:
     return config
 
 
-def check_inputs(cfg: TrainConfig) -> Inputs:
-    """The probed training set and the validation samples; raises DWMError on the first bad input."""
+def check_inputs(cfg: TrainConfig, family) -> Inputs:
+    """The probed training set and the validation samples; raises DWMError on the first bad input.
+    ``family`` (``training/families``) checks the base and names the precomputed files."""
     if not os.path.isdir(cfg.data_root):
         raise DWMError("data_root", f"{cfg.data_root} is not a folder",
                        "pass the folder that holds videos/, videos_static/, videos_hands/ (or the list's paths)")
-    config = transformer_config(cfg.model)
+    text_dim = family.check_model(cfg.model)
     dataset = DWMDataset(read_list(cfg.data_root, cfg.train_list), cfg.width, cfg.height, cfg.num_frames,
-                         config.get("text_embed_dim", 4096))
+                         text_dim, family.layout)
     dataset.probe()
     validation = []
     if cfg.validation_list and cfg.num_validation_videos > 0:

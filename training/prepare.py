@@ -2,10 +2,14 @@
 
 ``[accelerate launch] python -m training.prepare --data-root R --list L --model M``
 
-Per sample it writes ``video_latents/``, ``static_video_latents/``, ``hand_video_latents/`` (the VAE's
-latent distribution ``[32, F_lat, H/8, W/8]``: mean and log-variance, unscaled, in the model dtype, as
-the reference's encoder stores them; training draws a fresh sample from it each step with the run's
-seeded generator) and ``prompt_embeds_rewrite/`` (``[226, D]``) beside the videos. Existing files are
+The family is read from the base's configs. For a CogVideoX-Fun base it writes, per sample,
+``video_latents/``, ``static_video_latents/``, ``hand_video_latents/`` (the VAE's latent distribution
+``[32, F_lat, H/8, W/8]``: mean and log-variance, unscaled, in the model dtype, as the reference's encoder
+stores them; training draws a fresh sample from it each step with the run's seeded generator) and
+``prompt_embeds_rewrite/`` (``[226, D]``) beside the videos. For a Wan2.1-Fun base it writes the
+reference's ``*_wan/`` folders: one normalised VAE sample ``[16, F_lat, H/8, W/8]`` per video (its noise
+seeded from the sample's name and the video's role, so a rerun writes the same file) and the umT5
+embedding trimmed to the prompt ``[L, 4096]``. Existing files are
 skipped, every file is written atomically, and under ``accelerate launch`` each process takes every
 n-th sample. Videos are brought to the size and frame count by ``dwm.frames.prepare_frames`` (the same
 rule as generation). Failing samples are listed at the end and give exit status 1.
@@ -25,12 +29,9 @@ from dwm.atomic import atomic_path
 from dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.scene import configure_vae
-from dwm.cogvideox.text import encode_prompt
 from dwm.video_io import read_video
 
-from .batch import latent_distribution
+from .families import for_model
 
 
 def save_tensor(tensor: torch.Tensor, path: str) -> None:
@@ -38,19 +39,19 @@ def save_tensor(tensor: torch.Tensor, path: str) -> None:
         torch.save(tensor.detach().to("cpu").contiguous(), tmp)
 
 
-def prepare_sample(base, sample: Sample, width: int, height: int, num_frames: int) -> int:
-    """Write the sample's missing files; returns how many were written."""
+def prepare_sample(family, sample: Sample, width: int, height: int, num_frames: int) -> int:
+    """Write the sample's missing files (names from ``family.layout``); returns how many were written."""
     written = 0
     for key, folder in VIDEO_DIRS.items():
-        out = sample.latents(key)
+        out = family.layout.latents(sample, key)
         if os.path.isfile(out):
             continue
         frames, _ = read_video(sample.video(key), name=f"sample {sample.name} {folder}")
         video = prepare_frames(frames, width, height, num_frames, f"{sample.name} {folder}")
-        save_tensor(latent_distribution(base.vae, video), out)
+        save_tensor(family.encode_video(video, f"{sample.name}:{key}"), out)
         written += 1
-    if not os.path.isfile(sample.prompt_embeds()):
-        save_tensor(encode_prompt(base, read_prompt(sample))[0], sample.prompt_embeds())
+    if not os.path.isfile(family.layout.prompt_embeds(sample)):
+        save_tensor(family.encode_text(read_prompt(sample)), family.layout.prompt_embeds(sample))
         written += 1
     return written
 
@@ -60,16 +61,14 @@ def prepare(data_root: str, list_file: str, model: str, width: int = 720, height
     """This process's share of the samples; returns the error lines (empty when all went well)."""
     state = PartialState()
     samples = read_list(data_root, list_file)[state.process_index::state.num_processes]
-    base = load_base(model, dtype, "cpu")  # the transformer is not needed: only the encoders move
-    base.vae.to(state.device)
-    base.text_encoder.to(state.device)
-    configure_vae(base.vae, tiling=True, slicing=True)
+    family = for_model(model)
+    family.load_encoders(model, dtype, state.device)
     errors, written = [], 0
     bar = tqdm(samples, desc=f"prepare [{state.process_index + 1}/{state.num_processes}]",
                position=state.process_index, dynamic_ncols=True)
     for sample in bar:
         try:
-            written += prepare_sample(base, sample, width, height, num_frames)
+            written += prepare_sample(family, sample, width, height, num_frames)
         except DWMError as err:
             errors.append(str(err))
         bar.set_postfix(written=written, errors=len(errors))
@@ -80,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Precompute DWM training latents and prompt embeddings")
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--list", required=True, help="list file: one video path (or id) per line")
-    parser.add_argument("--model", required=True, help="CogVideoX-Fun InP base (folder or hub id)")
+    parser.add_argument("--model", required=True,
+                        help="CogVideoX-Fun InP base (folder or hub id) or Wan2.1-Fun InP folder")
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--num-frames", type=int, default=49)

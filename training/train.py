@@ -3,7 +3,9 @@
 One process per GPU (or ``--cpu``); accelerate shards the data, seeds each rank (``seed + rank`` for the
 training generator, the same ``seed`` for the shared data order) and averages gradients. Only the main
 process writes exports, logs and validation videos. Inputs are checked before the model loads;
-SIGINT/SIGTERM finish the current step, save it and exit with 130/143. See docs/training.md.
+SIGINT/SIGTERM finish the current step, save it and exit with 130/143. One loop for every family: model
+assembly, loss, export and validation sampling come from ``training/families`` (picked from the base's
+configs). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -22,26 +24,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration,
                               gather_object, set_seed)
-from diffusers import CogVideoXDDIMScheduler
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dwm.atomic import atomic_dir
-from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder
 from dwm.errors import DWMCancelled, DWMError
 from dwm.metrics import all_metrics
-from dwm.cogvideox.model import DTYPES, load_base
-from dwm.cogvideox.sampler import SamplerSettings
-from dwm.cogvideox.scene import configure_vae
+from dwm.precision import resolve_dtype
 from dwm.safety import Interrupted, SignalStop, stop_on_signals, worker_signals, write_error
 
 from . import checkpointing
-from .batch import make_step_inputs
 from .config import TrainConfig, parse_args
 from .data import CarryErrors, collate, raise_item_errors
-from .lora_setup import make_trainable, to_checkpoint
-from .loss import training_loss
+from .families import for_model
 from .plot import FIELDS, LOSS_CSV, plot_loss
 from .preflight import check_inputs
 from .validate import validate
@@ -53,7 +49,7 @@ PRECISION = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}
 class RunResult:
     step: int
     output_dir: str
-    final_lora: str  # single-file export of the last step
+    final_lora: str  # export of the last step: CogVideoX's single file, Wan's release folder
     losses: list[float]
 
 
@@ -106,18 +102,18 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, stop: SignalStop | None = None):
         check_extras(cfg)
-        inputs = check_inputs(cfg)
+        self.family = for_model(cfg.model)
+        inputs = check_inputs(cfg, self.family)
         self.cfg, self.stop = cfg, stop or SignalStop()
         self.acc = make_accelerator(cfg)
         self.resume_from = checkpointing.resolve_resume(cfg.resume, cfg.output_dir, self.acc.print)
         set_seed(cfg.seed)  # identical LoRA init on every rank
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
-        self.dtype = DTYPES[PRECISION[cfg.mixed_precision]]
-        self.base = load_base(cfg.model, self.dtype, self.acc.device)
-        configure_vae(self.base.vae, tiling=True, slicing=True)
-        self.params = make_trainable(self.base, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules,
-                                     cfg.gradient_checkpointing)
+        self.dtype = resolve_dtype(PRECISION[cfg.mixed_precision])
+        transformer = self.family.load(cfg, self.dtype, self.acc.device)
+        self.params = self.family.make_trainable(cfg)
+        self.acc.register_save_state_pre_hook(checkpointing.trainable_only(transformer))
         loader = DataLoader(CarryErrors(inputs.dataset), batch_size=cfg.train_batch_size, shuffle=True,
                             collate_fn=collate, num_workers=cfg.dataloader_num_workers,
                             worker_init_fn=worker_signals)
@@ -127,8 +123,8 @@ class Trainer:
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps, num_cycles=cfg.lr_num_cycles)
         # The lr scheduler is not registered with accelerate: its state travels as JSON (checkpointing.py).
-        self.model, self.optimizer, self.loader = self.acc.prepare(self.base.transformer, optimizer, loader)
-        self.scheduler = CogVideoXDDIMScheduler.from_config(self.base.scheduler_config)
+        self.model, self.optimizer, self.loader = self.acc.prepare(transformer, optimizer, loader)
+        self.transformer = transformer
         self.generator = torch.Generator().manual_seed(cfg.seed + self.acc.process_index)
         self.validation = inputs.validation
         self.name = os.path.basename(os.path.normpath(cfg.output_dir))
@@ -136,21 +132,13 @@ class Trainer:
 
     # -- exports ---------------------------------------------------------------------------------
     def export(self, folder: str | None) -> str:
-        """Reference-format files + our single file into ``folder``. Every rank calls it (gathering the
-        weights may be a collective, e.g. under FSDP); only the main process writes."""
+        """The family's release files into ``folder``; returns what to load, relative to it. Every rank
+        calls it (gathering the weights may be a collective, e.g. under FSDP); only the main process writes."""
         state = self.acc.get_state_dict(self.model)
-        name = f"{self.name}-step{self.step}.safetensors"
         if not self.acc.is_main_process:
-            return name
-        ckpt = to_checkpoint(self.base.transformer, state, self.cfg.lora_rank, self.cfg.lora_alpha,
-                             f"{self.cfg.output_dir} step {self.step}")
-        save_checkpoint_file(ckpt, os.path.join(folder, name), dtype=self.dtype)
-        reference = os.path.join(folder, ".reference")
-        save_reference_folder(ckpt, reference, dtype=self.dtype)
-        for part in os.listdir(reference):
-            os.replace(os.path.join(reference, part), os.path.join(folder, part))
-        os.rmdir(reference)
-        return name
+            return ""
+        return self.family.export(state, self.cfg, folder, f"{self.name}-step{self.step}",
+                                  f"{self.cfg.output_dir} step {self.step}", self.dtype)
 
     def save_checkpoint(self) -> str:
         return checkpointing.save(self.acc, self.cfg.output_dir, self.step, self.generator, self.export,
@@ -183,10 +171,7 @@ class Trainer:
     def micro_step(self, items: list[dict]) -> torch.Tensor:
         cfg = self.cfg
         with self.acc.accumulate(self.model):
-            inputs = make_step_inputs(self.base, items, self.generator, self.acc.device, self.dtype,
-                                      cfg.prompt_dropout, cfg.hand_dropout)
-            loss = training_loss(self.model, self.base.transformer, self.scheduler, inputs.latents, inputs.static,
-                                 inputs.hands, inputs.prompt_embeds, self.base.scaling_factor, self.generator)
+            loss = self.family.loss(self.model, items, self.generator, self.acc.device, self.dtype, cfg)
             self.acc.backward(loss)
             if self.acc.sync_gradients:
                 self.acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
@@ -234,12 +219,10 @@ class Trainer:
         if not self.validation or not self.acc.is_main_process:
             return
         cfg = self.cfg
-        settings = SamplerSettings(steps=cfg.validation_inference_steps, guidance=cfg.validation_guidance,
-                                   seed=cfg.validation_seed)
         folder = os.path.join(cfg.output_dir, "validation", f"step-{self.step}")
         with self.acc.autocast():
-            scores = validate(self.base, self.validation, self.metrics, folder, cfg.width, cfg.height,
-                              cfg.num_frames, settings, cfg.validation_fps)
+            scores = validate(self.family.generator(cfg), self.transformer, self.validation, self.metrics, folder,
+                              cfg.width, cfg.height, cfg.num_frames, cfg.validation_fps)
         self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=self.step)
         self.acc.print(f"validation step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
@@ -306,13 +289,14 @@ class Trainer:
             name = self.export(tmp)
         if self.step % cfg.validation_steps:
             self.run_validation()
+        lora = os.path.normpath(os.path.join(final, name))
         if acc.is_main_process:
             png = plot_loss(cfg.output_dir)
-            acc.print(f"done at step {self.step}. LoRA for ComfyUI/models/loras/: {os.path.join(final, name)}"
+            acc.print(f"done at step {self.step}. LoRA for ComfyUI/models/loras/: {lora}"
                       + (f"; loss curve: {png}" if png else ""))
         acc.wait_for_everyone()
         acc.end_training()
-        return RunResult(self.step, cfg.output_dir, os.path.join(final, name), losses)
+        return RunResult(self.step, cfg.output_dir, lora, losses)
 
 
 def run(cfg: TrainConfig, stop: SignalStop | None = None) -> RunResult:

@@ -1,4 +1,4 @@
-"""Validation during training: the nodes' own sampler (``dwm.cogvideox.pipeline.generate``) on held-out samples.
+"""Validation during training: the family's own headless sampler (see ``training/families``) on held-out samples.
 
 For each validation sample it writes ``<name>.mp4`` (the generation) and ``<name>-compare.mp4``
 (static | hands | generation | ground truth) under ``validation/step-<N>/`` and returns PSNR/SSIM
@@ -14,9 +14,6 @@ import torch
 
 from dwm.compare import side_by_side
 from dwm.frames import prepare_frames
-from dwm.cogvideox.model import DWMBase
-from dwm.cogvideox.pipeline import generate
-from dwm.cogvideox.sampler import SamplerSettings
 from dwm.video_io import read_video, write_video
 
 from dwm.dataset import Sample, read_prompt
@@ -38,17 +35,16 @@ def _frames(sample: Sample, key: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(base: DWMBase, samples: list[Sample], metrics: dict, folder: str, width: int, height: int,
-             num_frames: int, settings: SamplerSettings, fps: float) -> dict[str, float]:
-    """Generate each sample, save the videos, and return the mean of each metric."""
+def validate(generate, transformer: torch.nn.Module, samples: list[Sample], metrics: dict, folder: str, width: int,
+             height: int, num_frames: int, fps: float) -> dict[str, float]:
+    """Generate each sample (``generate(static, hands, prompt) -> [F, H, W, 3]``), save the videos, and
+    return the mean of each metric."""
     os.makedirs(folder, exist_ok=True)
     totals: dict[str, float] = {}
     for sample in samples:
         static, hands, truth = (_frames(sample, k) for k in ("static", "hands", "video"))
-        with eval_mode(base.transformer):
-            # loras=None: sample with the adapter and patch projection being trained, as they are.
-            video = generate(base, static, hands, read_prompt(sample), loras=None, settings=settings,
-                             width=width, height=height, num_frames=num_frames)[0]
+        with eval_mode(transformer):
+            video = generate(static, hands, read_prompt(sample))
         truth = prepare_frames(truth, width, height, num_frames, f"{sample.name} video")
         truth = (truth.permute(1, 2, 3, 0) + 1) / 2
         write_video(os.path.join(folder, f"{sample.slug}.mp4"), video, fps)

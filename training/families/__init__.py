@@ -1,0 +1,31 @@
+"""What differs between model families in training, behind one interface the loop in ``train.py`` uses.
+
+A family assembles the trainable model from a base folder, turns dataset items into its loss, writes
+its release format and samples validation videos. The family is read from the base's configs
+(``dwm.family.base_family``), never from names; a hub id or an incomplete folder is checked as a
+CogVideoX-Fun base, whose preflight says what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dwm.family import base_family
+
+
+def family_name(model: str) -> str:
+    configs = (os.path.join(model, "transformer", "config.json"), os.path.join(model, "config.json"))
+    if os.path.isdir(model) and any(os.path.isfile(c) for c in configs):
+        return base_family(model)
+    return "cogvideox"
+
+
+def for_model(model: str):
+    """A fresh family object (``CogVideoXFamily`` or ``WanFamily``) for this base."""
+    if family_name(model) == "wan":
+        from .wan import WanFamily
+
+        return WanFamily()
+    from .cogvideox import CogVideoXFamily
+
+    return CogVideoXFamily()
