@@ -297,3 +297,24 @@ def test_bad_inputs_fail_in_one_line_before_the_model_loads(tmp_path, tiny_v11, 
                        values.pop("output_dir", str(tmp_path / "out")), **values)
     assert main(args) == 1
     assert re.fullmatch(rf"error: {pattern}.*", error_line(capsys.readouterr().err))
+
+
+def test_ctrl_c_in_prepare_is_one_line_and_a_rerun_goes_on(monkeypatch, capsys):
+    import signal
+    import time
+
+    import training.prepare as prep
+
+    def interrupted(*_args):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGINT did not stop prepare")
+
+    monkeypatch.setattr(prep, "prepare", interrupted)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup: prepare installs its own
+    try:
+        code = prep.main(["--data-root", "d", "--list", "l", "--model", "m"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
+    assert "stopped: SIGINT received; finished files are kept" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from dwm.atomic import atomic_path
 from dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
+from dwm.safety import Interrupted, stop_on_signals
 from dwm.video_io import read_video
 
 from .families import for_model
@@ -76,20 +77,28 @@ def prepare(data_root: str, list_file: str, model: str, width: int = 720, height
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Precompute DWM training latents and prompt embeddings")
-    parser.add_argument("--data-root", required=True)
+    parser = argparse.ArgumentParser(prog="python -m training.prepare", allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Precompute DWM training latents and prompt embeddings "
+                                                 "(files that exist are skipped, so a rerun resumes)")
+    parser.add_argument("--data-root", required=True, help="dataset root in the reference layout")
     parser.add_argument("--list", required=True, help="list file: one video path (or id) per line")
     parser.add_argument("--model", required=True,
                         help="CogVideoX-Fun InP base (folder or hub id) or Wan2.1-Fun InP folder")
-    parser.add_argument("--width", type=int, default=720)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--num-frames", type=int, default=49)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--width", type=int, default=720, help="frame width (multiple of 16)")
+    parser.add_argument("--height", type=int, default=480, help="frame height (multiple of 16)")
+    parser.add_argument("--num-frames", type=int, default=49, help="frames per clip (4k+1)")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="encoder precision")
     args = parser.parse_args(argv)
     try:
-        errors = prepare(args.data_root, args.list, args.model, args.width, args.height, args.num_frames, args.dtype)
+        with stop_on_signals():
+            errors = prepare(args.data_root, args.list, args.model, args.width, args.height, args.num_frames,
+                             args.dtype)
     except DWMError as err:
         errors = [str(err)]
+    except Interrupted as err:  # every file written so far is complete (atomic): a rerun goes on
+        print(f"stopped: {err}; finished files are kept, rerun the same command to go on", file=sys.stderr)
+        return err.exit_code
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if errors else 0
