@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -15,16 +16,68 @@ from dwm.cogvideox.model import load_base
 from dwm.cogvideox.tiny import make_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+# Small kits written by the reference implementation's own save path, shipped (tests/fixtures/README.md).
+INTEROP = os.path.join(FIXTURES, "interop")
+# Optional extras beside the checkout (or DWM_SHARED): the other example clips, the full interop kit and
+# the full /object_info recording. Tests only ADD cases for what is there; nothing is skipped without it.
 SHARED = os.environ.get("DWM_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
-EXAMPLES = os.path.join(SHARED, "examples", "realworld_dynamic")
-INTEROP = os.path.join(SHARED, "interop")
-SAMPLE_IDS = ["00013", "00017", "00039", "00043", "00055"]
+SHARED_INTEROP = os.path.join(SHARED, "interop")
+SHARED_EXAMPLES = os.path.join(SHARED, "examples", "realworld_dynamic")
+EXAMPLES = SHARED_EXAMPLES  # the name tests/test_training_fixtures.py reads
+EXAMPLE = os.path.join(REPO, "examples", "00055")  # one real sample, shipped
+SHIPPED_SAMPLE = "00055"
+SAMPLE_IDS = ["00013", "00017", "00039", "00043", "00055"]  # the realworld_dynamic examples
+# The reference-layout folders of a data root, and the shipped sample's file in each.
+DATA_LAYOUT = {"videos_static": "static.mp4", "videos_hands": "hands.mp4", "videos": "ground_truth.mp4",
+               "prompts": "prompt.txt"}
+SHARED_WAN_BASE = os.path.join(SHARED_INTEROP, "tiny-wan21-fun-inp-base")  # 11 MB, not shipped
+SHARED_OBJECT_INFO = os.path.join(SHARED, "comfyui", "object_info.json")  # a whole recorded host, 750 KB
+CORE_OBJECT_INFO = os.path.join(FIXTURES, "object_info_core.json")  # its trimmed copy (trim_object_info.py)
+WAN_BASE_SEED = 0  # tests/fixtures/wan_reference_velocity.safetensors was made on this tiny base
 
 
-def need(path: str) -> str:
-    if not os.path.exists(path):
-        pytest.skip(f"{path} is missing (the shared/ folder beside the checkout)")
-    return path
+def extras(*paths: str) -> list[str]:
+    """The given optional paths that exist: parameters of extra cases, chosen at collection time."""
+    return [p for p in paths if os.path.exists(p)]
+
+
+def available_samples() -> list[str]:
+    """The shipped sample, and the other examples when the shared folder has them."""
+    return [SHIPPED_SAMPLE, *(s for s in SAMPLE_IDS if s != SHIPPED_SAMPLE and
+                              all(map(os.path.isfile, sample_files(s).values())))]
+
+
+def sample_files(sample: str) -> dict[str, str]:
+    """The files of one real sample by data-root folder: shipped for 00055, else in the shared examples."""
+    if sample == SHIPPED_SAMPLE:
+        return {folder: os.path.join(EXAMPLE, name) for folder, name in DATA_LAYOUT.items()}
+    return {folder: os.path.join(SHARED_EXAMPLES, folder, sample + os.path.splitext(name)[1])
+            for folder, name in DATA_LAYOUT.items()}
+
+
+def write_data_root(root: str, samples: dict[str, str] | None = None) -> str:
+    """A data root in the reference layout (videos_static/ID.mp4, prompts/ID.txt, ...) holding
+    ``{id: available sample copied under that id}``; by default every available sample under its own id."""
+    for new_id, sample in (samples or {s: s for s in available_samples()}).items():
+        for folder, src in sample_files(sample).items():
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            shutil.copyfile(src, os.path.join(root, folder, new_id + os.path.splitext(src)[1]))
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """Reference-layout data root of the available real samples (00055 always)."""
+    return write_data_root(str(tmp_path_factory.mktemp("realworld_dynamic")))
+
+
+@pytest.fixture(scope="session")
+def wan_base_dir(tmp_path_factory):
+    """The tiny Wan2.1-Fun InP base (VideoX-Fun layout) the reference velocities were made on."""
+    from dwm.wan.tiny import make_tiny_wan_base
+
+    return make_tiny_wan_base(str(tmp_path_factory.mktemp("wan") / "tiny-wan21-fun-inp"), seed=WAN_BASE_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from diffusers import CogVideoXPipeline
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from conftest import INTEROP, expect_log, need, random_checkpoint
+from conftest import INTEROP, expect_log, random_checkpoint
 from dwm.cogvideox.checkpoint import (check_fits, full_parameter, load_checkpoint, save_checkpoint_file,
                                       save_reference_folder)
 from dwm.errors import DWMError
@@ -60,7 +60,7 @@ def test_peft_written_reference_folder_matches_the_trained_model(tiny_dir, tmp_p
 
 
 def test_interop_reference_lora_loads_and_unloads(tmp_path):
-    base = load_base(os.path.join(need(INTEROP), "tiny-v11-base"), "fp32")
+    base = load_base(os.path.join(INTEROP, "tiny-v11-base"), "fp32")
     plain = model_output(base)
     ckpt = load_checkpoint(os.path.join(INTEROP, "reference-lora-v11"))
     assert ckpt.rank == 64 and ckpt.alpha == 64.0 and ckpt.base_version == "1.1"
@@ -295,7 +295,7 @@ def test_wan_release_refused_as_wan(tmp_path):
 
 def test_interop_wan_release_refused_as_wan():
     with pytest.raises(DWMError, match="reference-wan-lora is a Wan DWM LoRA release"):
-        load_checkpoint(need(os.path.join(INTEROP, "reference-wan-lora")))
+        load_checkpoint(os.path.join(INTEROP, "reference-wan-lora"))
 
 
 def test_full_finetune_activates_at_strength_and_unloads(tiny_dir, tmp_path):

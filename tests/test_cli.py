@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import INTEROP, REPO, need
+from conftest import INTEROP, REPO
 from dwm.cli import SCHEDULER_NAMES, HelpFormatter, build_parser, main, parse_lora
 from dwm.video_io import read_video, write_video
 
@@ -135,7 +135,7 @@ def test_wan_generate_end_to_end_is_deterministic(tiny_wan, tmp_path, capsys):
 
 
 def test_family_mismatch_is_one_clear_error(tiny_wan, tiny_dir, tmp_path, capsys):
-    cog_lora = need(os.path.join(INTEROP, "reference-lora-v11"))
+    cog_lora = os.path.join(INTEROP, "reference-lora-v11")
     io = ["--static", tiny_wan["static"], "--hands", tiny_wan["hands"], "--out", str(tmp_path / "o.mp4")]
     assert main(["generate", "--model", tiny_wan["base"], "--lora", cog_lora] + io) == 2
     err = capsys.readouterr().err

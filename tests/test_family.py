@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from dwm.errors import DWMError
 from dwm.family import base_family, lora_family
 
-from conftest import INTEROP, need
+from conftest import INTEROP
 
 
 def write_json(path, data) -> None:
@@ -21,11 +21,11 @@ def write_json(path, data) -> None:
         json.dump(data, fh)
 
 
-def test_interop_folders():
-    assert base_family(need(os.path.join(INTEROP, "tiny-wan21-fun-inp-base"))) == "wan"
-    assert base_family(need(os.path.join(INTEROP, "tiny-v11-base"))) == "cogvideox"
-    assert lora_family(need(os.path.join(INTEROP, "reference-wan-lora"))) == "wan"
-    assert lora_family(need(os.path.join(INTEROP, "reference-lora-v11"))) == "cogvideox"
+def test_interop_folders(wan_base_dir):
+    assert base_family(wan_base_dir) == "wan"
+    assert base_family(os.path.join(INTEROP, "tiny-v11-base")) == "cogvideox"
+    assert lora_family(os.path.join(INTEROP, "reference-wan-lora")) == "wan"
+    assert lora_family(os.path.join(INTEROP, "reference-lora-v11")) == "cogvideox"
 
 
 def test_base_family_from_configs(tmp_path):

@@ -96,9 +96,9 @@ def test_corrupt_weights_named(tiny_dir, tmp_path):
 
 
 def test_interop_base_loads(tiny_dir):
-    from conftest import INTEROP, need
+    from conftest import INTEROP
 
-    base = load_base(os.path.join(need(INTEROP), "tiny-v11-base"), "fp32")
+    base = load_base(os.path.join(INTEROP, "tiny-v11-base"), "fp32")
     assert base.version == "1.1"
     with open(os.path.join(INTEROP, "tiny-v11-base", "transformer", "config.json")) as fh:
         assert json.load(fh)["in_channels"] == 33

@@ -12,10 +12,9 @@ from dwm.errors import DWMError
 from dwm.wan.checkpoint import (NON_LORA_FILE, WAN_LORA_FILE, WanRelease, blend_patch_embedding,
                                 load_wan_release, resolve_module, wan_module_names)
 
-from conftest import INTEROP, need
+from conftest import INTEROP
 
 RELEASE = os.path.join(INTEROP, "reference-wan-lora")
-BASE = os.path.join(INTEROP, "tiny-wan21-fun-inp-base")
 
 
 def make_release(folder, dim: int = 32, layers: int = 1, rank: int = 4, alpha: float = 6.0,
@@ -47,7 +46,7 @@ def refusal(path) -> str:
 
 
 def test_reference_release_reads_as_written():
-    release = load_wan_release(need(RELEASE))
+    release = load_wan_release(RELEASE)
     assert (release.rank, release.in_channels, release.dim, len(release.lora)) == (8, 52, 256, 32)
     assert release.config["pipeline"]["type"] == "wan2.1_fun_inp_hand_concat"
     assert release.config["training"]["lora_alpha"] == 12
@@ -63,9 +62,9 @@ def test_reference_release_reads_as_written():
     assert torch.equal(release.patch_embedding["weight"], patch["patch_embedding.weight"])
 
 
-def test_reference_release_fits_the_tiny_base_and_blends_exactly():
-    release = load_wan_release(need(RELEASE))
-    base_sd = load_file(os.path.join(need(BASE), "diffusion_pytorch_model.safetensors"))
+def test_reference_release_fits_the_tiny_base_and_blends_exactly(wan_base_dir):
+    release = load_wan_release(RELEASE)
+    base_sd = load_file(os.path.join(wan_base_dir, "diffusion_pytorch_model.safetensors"))
     base = {"weight": base_sd["patch_embedding.weight"], "bias": base_sd["patch_embedding.bias"]}
     for module, (down, up, _alpha) in release.lora.items():
         assert base_sd[module + ".weight"].shape == (up.shape[0], down.shape[1])
@@ -116,7 +115,7 @@ def test_blend_refuses_a_release_of_another_width(tmp_path):
 
 
 def test_refuses_cogvideox_release():
-    assert "CogVideoX" in refusal(need(os.path.join(INTEROP, "reference-lora-v11")))
+    assert "CogVideoX" in refusal(os.path.join(INTEROP, "reference-lora-v11"))
 
 
 def test_refuses_cogvideox_folder_built_here(tmp_path):

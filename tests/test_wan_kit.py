@@ -9,7 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import INTEROP, expect_log, need, random_frames
+from conftest import INTEROP, SHARED_WAN_BASE, WAN_BASE_SEED, expect_log, extras, random_frames
 from dwm.cogvideox.tiny import tiny_t5_tokenizer
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
@@ -18,13 +18,12 @@ from dwm.wan.scene import encode_wan_scene
 from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder, prompt_ids, umt5_to_wan
 from dwm.wan.vae import WAN22_KEY, decode_wan_latents, diffusers_to_wan_vae, encode_wan_video, load_wan_vae
 
-WAN_BASE = os.path.join(INTEROP, "tiny-wan21-fun-inp-base")
 WAN_RELEASE = os.path.join(INTEROP, "reference-wan-lora")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return tiny.make_tiny_wan_base(str(tmp_path_factory.mktemp("wan") / "base"))
+def base(wan_base_dir):
+    return wan_base_dir
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +178,32 @@ def test_tiny_base_is_a_complete_wan_i2v_folder(base):
     assert encoder.config.d_model == config["text_dim"]
     state = load_file(os.path.join(base, tiny.TRANSFORMER_FILE))
     assert {v.dtype for v in state.values()} == {torch.bfloat16}
-    reference = load_file(os.path.join(need(WAN_BASE), tiny.TRANSFORMER_FILE))
-    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}
+
+
+def test_tiny_base_is_bit_identical_when_built_again(base, tmp_path):
+    """The reference velocities (tests/fixtures) were computed on it: a rebuild must give the same bytes."""
+    again = tiny.make_tiny_wan_base(str(tmp_path / "again"), seed=WAN_BASE_SEED)
+    files = sorted(os.path.relpath(os.path.join(d, f), base) for d, _, names in os.walk(base) for f in names)
+    assert len(files) == 6
+    for name in files:
+        with open(os.path.join(base, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+            assert a.read() == b.read(), name
+
+
+@pytest.mark.parametrize("kit", [WAN_RELEASE, *extras(SHARED_WAN_BASE)])
+def test_tiny_base_has_the_shapes_the_reference_written_kits_need(base, kit):
+    """Every tensor the release's LoRA targets (and, when present, the reference-written base) fits."""
+    state = load_file(os.path.join(base, tiny.TRANSFORMER_FILE))
+    if os.path.isfile(os.path.join(kit, tiny.TRANSFORMER_FILE)):
+        shapes = {k: v.shape for k, v in load_file(os.path.join(kit, tiny.TRANSFORMER_FILE)).items()}
+        assert set(shapes) == set(state)
+    else:
+        from dwm.wan.checkpoint import load_wan_release
+
+        lora = load_wan_release(kit).lora
+        shapes = {f"{m}.weight": (up.shape[0], down.shape[1]) for m, (down, up, _) in lora.items()}
+        assert len(shapes) == 32
+    assert {k: tuple(state[k].shape) for k in shapes} == {k: tuple(v) for k, v in shapes.items()}
 
 
 def test_tiny_release_in_the_reference_format(base, tmp_path):
@@ -188,7 +211,7 @@ def test_tiny_release_in_the_reference_format(base, tmp_path):
 
     out = tiny.make_tiny_wan_release(base, str(tmp_path / "release"), seed=1)
     lora = load_file(os.path.join(out, tiny.WAN_LORA_FILE))
-    reference = load_file(os.path.join(need(WAN_RELEASE), tiny.WAN_LORA_FILE))
+    reference = load_file(os.path.join(WAN_RELEASE, tiny.WAN_LORA_FILE))
     assert {k: (v.shape, v.dtype) for k, v in lora.items()} == {k: (v.shape, v.dtype) for k, v in reference.items()}
     assert lora["lora_unet__blocks_0_cross_attn_k_img.alpha"].item() == 12.0
     patch = load_file(os.path.join(out, tiny.NON_LORA_FILE))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,31 +11,32 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import INTEROP, need
+from conftest import INTEROP
 from dwm.errors import DWMError
 from dwm.wan.checkpoint import WanRelease, load_wan_release
 from dwm.wan.lora import activate, diffusers_module_name
 from dwm.wan.model import (diffusers_config, load_wan_base, load_wan_transformer, read_wan_config,
                            read_wan_state_dict, wan_model_input)
 from dwm.wan.sampler import pad_text
+from dwm.wan.tiny import TINY_CONFIG
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "wan_reference_velocity.safetensors")
-BASE_DIR = os.path.join(INTEROP, "tiny-wan21-fun-inp-base")
 RELEASE_DIR = os.path.join(INTEROP, "reference-wan-lora")
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture(scope="module")
 def release():
-    return load_wan_release(need(RELEASE_DIR))
+    return load_wan_release(RELEASE_DIR)
 
 
 @pytest.fixture
-def base():
-    return load_wan_base(need(BASE_DIR), "fp32", with_text_and_vae=False)
+def base(wan_base_dir):
+    return load_wan_base(wan_base_dir, "fp32", with_text_and_vae=False)
 
 
 def velocity(transformer, x, context, t):
@@ -50,8 +52,8 @@ def inputs(seed=0, channels=52):
     return x, torch.randn(1, 5, 4096, generator=g), torch.tensor(600.0)
 
 
-def test_loads_every_tensor_strictly_and_widens_with_zero_hand_channels(base):
-    state = read_wan_state_dict(BASE_DIR)
+def test_loads_every_tensor_strictly_and_widens_with_zero_hand_channels(base, wan_base_dir):
+    state = read_wan_state_dict(wan_base_dir)
     t = base.transformer
     cfg = t.config
     assert (cfg.in_channels, cfg.num_attention_heads, cfg.attention_head_dim, cfg.image_dim,
@@ -67,25 +69,25 @@ def test_loads_every_tensor_strictly_and_widens_with_zero_hand_channels(base):
     assert torch.equal(base.base_patch["weight"], t.patch_embedding.weight)
 
 
-def test_widened_model_equals_the_stock_base_on_the_first_36_channels(base):
-    state = read_wan_state_dict(BASE_DIR)
-    stock = WanTransformer3DModel(**diffusers_config(read_wan_config(BASE_DIR), state))
+def test_widened_model_equals_the_stock_base_on_the_first_36_channels(base, wan_base_dir):
+    state = read_wan_state_dict(wan_base_dir)
+    stock = WanTransformer3DModel(**diffusers_config(read_wan_config(wan_base_dir), state))
     stock.load_state_dict({k: v.float() for k, v in convert_wan_transformer_to_diffusers(state).items()})
     x, context, t = inputs()
     expected = velocity(stock.eval(), x[:, :36], context, t)
     assert torch.allclose(velocity(base.transformer, x, context, t), expected, atol=1e-5)
 
 
-def test_bf16_keeps_diffusers_fp32_modules():
-    t = load_wan_transformer(need(BASE_DIR), "bf16")
+def test_bf16_keeps_diffusers_fp32_modules(wan_base_dir):
+    t = load_wan_transformer(wan_base_dir, "bf16")
     assert t.dtype == torch.bfloat16 and t.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
     assert t.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
     assert t.scale_shift_table.dtype == torch.float32
 
 
 @pytest.mark.parametrize("index", [True, False])
-def test_sharded_folders_load_the_same_tensors(tmp_path, index):
-    state = load_file(os.path.join(need(BASE_DIR), WEIGHTS))
+def test_sharded_folders_load_the_same_tensors(tmp_path, index, wan_base_dir):
+    state = load_file(os.path.join(wan_base_dir, WEIGHTS))
     keys = sorted(state)
     shards = {"diffusion_pytorch_model-00001-of-00002.safetensors": keys[: len(keys) // 2],
               "diffusion_pytorch_model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
@@ -94,15 +96,13 @@ def test_sharded_folders_load_the_same_tensors(tmp_path, index):
     if index:
         weight_map = {k: name for name, part in shards.items() for k in part}
         (tmp_path / f"{WEIGHTS}.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    shutil.copy(os.path.join(BASE_DIR, "config.json"), tmp_path / "config.json")
+    shutil.copy(os.path.join(wan_base_dir, "config.json"), tmp_path / "config.json")
     loaded = read_wan_state_dict(str(tmp_path))
     assert sorted(loaded) == keys and all(torch.equal(loaded[k], state[k]) for k in keys)
 
 
 def _config_folder(tmp_path, **changes):
-    with open(os.path.join(need(BASE_DIR), "config.json"), encoding="utf-8") as fh:
-        config = {**json.load(fh), **changes}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, **changes}))
     return str(tmp_path)
 
 
@@ -110,7 +110,7 @@ def test_not_a_fun_inp_wan_is_refused(tmp_path):
     with pytest.raises(DWMError, match=r"t2v model with in_dim 16, not an inpainting"):
         read_wan_config(_config_folder(tmp_path, model_type="t2v", in_dim=16))
     with pytest.raises(DWMError, match="diffusers-layout folder"):
-        load_wan_transformer(need(os.path.join(INTEROP, "tiny-v11-base")))
+        load_wan_transformer(os.path.join(INTEROP, "tiny-v11-base"))
     with pytest.raises(DWMError, match=r"lacks diffusion_pytorch_model\*\.safetensors"):
         read_wan_state_dict(_config_folder(tmp_path))
     with pytest.raises(DWMError, match="cannot read"):
@@ -194,3 +194,17 @@ def test_velocity_matches_the_reference_implementation(base, release):
         for t in ref["timesteps"]:
             ours = velocity(base.transformer, ref["x"], ref["context"], t)
             assert (ours - ref[f"velocity_{key}_t{int(t)}"]).abs().max() <= 1e-4, (key, float(t))
+
+
+def test_reference_velocities_were_made_on_the_built_base_and_the_shipped_release(wan_base_dir):
+    """A change to the tiny base builder or the release copy needs the fixture re-made (its README says how)."""
+    with safe_open(FIXTURE, "pt") as fh:
+        made_on = json.loads(fh.metadata()["dwm_reference"])
+
+    def sha256(*parts):
+        with open(os.path.join(*parts), "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+
+    assert made_on["base_sha256"] == sha256(wan_base_dir, WEIGHTS)
+    assert made_on["release_lora_sha256"] == sha256(RELEASE_DIR, "lora_diffusion_pytorch_model.safetensors")
+    assert made_on["release_non_lora_sha256"] == sha256(RELEASE_DIR, "non_lora_weights.safetensors")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import INTEROP, need
 from dwm.errors import DWMCancelled, DWMError
 from dwm.wan.model import WanBase, load_wan_base
 from dwm.wan.sampler import WanSettings, pad_text, sample
@@ -106,8 +104,8 @@ def test_no_guidance_runs_the_conditional_half_only():
 
 
 @pytest.fixture(scope="module")
-def tiny_base():
-    return load_wan_base(need(os.path.join(INTEROP, "tiny-wan21-fun-inp-base")), "fp32", with_text_and_vae=False)
+def tiny_base(wan_base_dir):
+    return load_wan_base(wan_base_dir, "fp32", with_text_and_vae=False)
 
 
 def test_batch_item_i_equals_a_single_run_with_seed_plus_i(tiny_base):

@@ -2,8 +2,8 @@
 their recorded /object_info entries (workflows/schemas/, kept equal to the live host by a host test),
 core and VideoHelperSuite nodes from a recorded /object_info of a real ComfyUI 0.8.0 host."""
 import copy
+import importlib.util
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -13,12 +13,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from conftest import CORE_OBJECT_INFO, SHARED_OBJECT_INFO, extras  # noqa: E402
 from dwm.queue_jobs import find_targets  # noqa: E402
-from dwm.workflow_schema import (check_api, check_pair, load_schemas, recorded_entry, ui_to_api,  # noqa: E402
-                                 ui_widget_slots)
+from dwm.workflow_schema import (FRONTEND_ONLY, check_api, check_pair, load_schemas, recorded_entry,  # noqa: E402
+                                 ui_to_api, ui_widget_slots)
 
-# The recorded host sits in the shared/ folder beside the checkout (CI points at it with DWM_SHARED).
-OBJECT_INFO = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared")) / "comfyui" / "object_info.json"
+# The full recording of the host (shared/, optional) when present, else the shipped copy trimmed to the node
+# types our workflows use.
+FULL = extras(SHARED_OBJECT_INFO)
+OBJECT_INFO = Path((FULL or [CORE_OBJECT_INFO])[0])
+TRIM = ROOT / "tests" / "fixtures" / "trim_object_info.py"
 OUR_NODES = [ROOT / "workflows" / "schemas" / f"dwm_{family}_nodes.json" for family in ("cogvideox", "wan")]
 SAVED = ROOT / "tests" / "host" / "saved_workflows"  # the first release's CogVideoX workflows, frozen
 UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -29,9 +33,30 @@ EXPECTED = {"dwm_basic", "dwm_basic_vhs", "dwm_low_vram", "dwm_lora_strength_swe
 
 @pytest.fixture(scope="module")
 def schemas():
-    if not OBJECT_INFO.is_file():
-        pytest.skip(f"{OBJECT_INFO} is missing (the recorded host schemas in shared/)")
     return load_schemas([str(OBJECT_INFO), *map(str, OUR_NODES)])
+
+
+def _trimmer():
+    spec = importlib.util.spec_from_file_location("trim_object_info", TRIM)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_core_schemas_cover_every_node_type_of_the_workflows():
+    trimmer = _trimmer()
+    core = json.loads(Path(CORE_OBJECT_INFO).read_text("utf-8"))
+    ours = {name for path in OUR_NODES for name in json.loads(path.read_text("utf-8"))}
+    assert trimmer.used_node_types() - ours - FRONTEND_ONLY == set(core)
+
+
+@pytest.mark.parametrize("recording", [CORE_OBJECT_INFO, *FULL])
+def test_shipped_core_schemas_are_the_recording_trimmed(recording):
+    """Trimming gives the shipped copy back: from itself (nothing stale in it) and from the full recording
+    when present. Refresh with: python tests/fixtures/trim_object_info.py --full <object_info.json>."""
+    trimmer = _trimmer()
+    expected = trimmer.dumps(trimmer.trim(json.loads(Path(recording).read_text("utf-8"))))
+    assert Path(CORE_OBJECT_INFO).read_text("utf-8") == expected
 
 
 def load(name, api=False):

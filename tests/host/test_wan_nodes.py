@@ -1,5 +1,6 @@
 """The DWM-Wan nodes inside a real ComfyUI (imported, not served): host model, host LoRA machinery, host
-``WAN21.concat_cond`` and sampler, against the reference implementation's velocity.
+``WAN21.concat_cond`` and sampler, against the reference implementation's velocity on the tiny base
+built here (seed 0) with the shipped reference-written release (tests/fixtures/interop).
 
 One child process in COMFYUI_PYTHON (cwd COMFYUI_DIR, --cpu) registers the pack through the host's own
 ``load_custom_node``, runs every check and prints one JSON line; the tests below assert on it. The
@@ -9,7 +10,6 @@ node produces is what is compared with tests/fixtures/wan_reference_velocity.saf
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -17,8 +17,9 @@ import pytest
 from .conftest import REPO, _host
 
 pytestmark = pytest.mark.host
-INTEROP = os.path.join(os.environ.get("DWM_SHARED", str(REPO.parent / "shared")), "interop")
+INTEROP = REPO / "tests" / "fixtures" / "interop"
 FIXTURE = REPO / "tests" / "fixtures" / "wan_reference_velocity.safetensors"
+WAN_BASE_SEED = 0  # the base FIXTURE was made on
 TOL = 1e-4
 
 CHILD = r'''
@@ -28,8 +29,7 @@ from comfy.cli_args import args
 args.cpu = True
 import folder_paths, torch
 from safetensors.torch import load_file, save_file
-REPO, INTEROP, FIXTURE, tmp = sys.argv[1:5]
-BASE = INTEROP + "/tiny-wan21-fun-inp-base"
+REPO, INTEROP, FIXTURE, BASE, tmp = sys.argv[1:6]
 links = {"custom_nodes/ComfyUI-DWM": REPO, "diffusion_models/tiny-wan": BASE,
          "diffusion_models/tiny_fun_inp.safetensors": BASE + "/diffusion_pytorch_model.safetensors",
          "loras/dwm-wan": INTEROP + "/reference-wan-lora", "loras/cog": INTEROP + "/reference-lora-v11"}
@@ -180,13 +180,12 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def host_run(tmp_path_factory):
+    from dwm.wan.tiny import make_tiny_wan_base
+
     checkout, python = _host()
-    for path in (os.path.join(INTEROP, "tiny-wan21-fun-inp-base"), os.path.join(INTEROP, "reference-wan-lora"),
-                 str(FIXTURE)):
-        if not os.path.exists(path):
-            pytest.skip(f"{path} is missing (shared/interop beside the checkout, tests/fixtures)")
     work = tmp_path_factory.mktemp("wan_host")  # models, links and the pack link; removed by pytest
-    proc = subprocess.run([python, "-c", CHILD, str(REPO), INTEROP, str(FIXTURE), str(work)], cwd=checkout,
+    base = make_tiny_wan_base(str(tmp_path_factory.mktemp("wan_base") / "tiny-wan21-fun-inp"), seed=WAN_BASE_SEED)
+    proc = subprocess.run([python, "-c", CHILD, str(REPO), str(INTEROP), str(FIXTURE), base, str(work)], cwd=checkout,
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
