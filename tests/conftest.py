@@ -24,7 +24,6 @@ INTEROP = os.path.join(FIXTURES, "interop")
 SHARED = os.environ.get("DWM_SHARED", os.path.join(os.path.dirname(REPO), "shared"))
 SHARED_INTEROP = os.path.join(SHARED, "interop")
 SHARED_EXAMPLES = os.path.join(SHARED, "examples", "realworld_dynamic")
-EXAMPLES = SHARED_EXAMPLES  # the name tests/test_training_fixtures.py reads
 EXAMPLE = os.path.join(REPO, "examples", "00055")  # one real sample, shipped
 SHIPPED_SAMPLE = "00055"
 SAMPLE_IDS = ["00013", "00017", "00039", "00043", "00055"]  # the realworld_dynamic examples

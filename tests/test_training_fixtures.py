@@ -15,7 +15,7 @@ import torch
 from dwm.frames import resize_cover
 from dwm.video_io import read_video, write_video
 
-from conftest import EXAMPLES as EXAMPLE
+from conftest import available_samples, sample_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = ("00055", "00013")
@@ -23,16 +23,16 @@ WIDTH, HEIGHT, FRAMES = 96, 64, 9
 
 
 def write_dataset(root: str) -> str:
-    """Downscaled copies of two example samples in the reference layout."""
-    if not os.path.isdir(EXAMPLE):
-        pytest.skip(f"the example dataset is not at {EXAMPLE} (set DWM_SHARED)")
-    for folder in ("videos", "videos_static", "videos_hands"):
-        for stem in SAMPLES:
-            frames, fps = read_video(os.path.join(EXAMPLE, folder, stem + ".mp4"))
+    """Downscaled copies of two example samples in the reference layout (00013 is 00055's clip again
+    when the shared examples are not beside the checkout)."""
+    sources = {"00055": "00055", "00013": "00013" if "00013" in available_samples() else "00055"}
+    for stem, source in sources.items():
+        files = sample_files(source)
+        for folder in ("videos", "videos_static", "videos_hands"):
+            frames, fps = read_video(files[folder])
             write_video(os.path.join(root, folder, stem + ".mp4"), resize_cover(frames[:FRAMES], WIDTH, HEIGHT), fps)
-    os.makedirs(os.path.join(root, "prompts"), exist_ok=True)
-    for stem in SAMPLES:
-        shutil.copy(os.path.join(EXAMPLE, "prompts", stem + ".txt"), os.path.join(root, "prompts", stem + ".txt"))
+        os.makedirs(os.path.join(root, "prompts"), exist_ok=True)
+        shutil.copy(files["prompts"], os.path.join(root, "prompts", stem + ".txt"))
     with open(os.path.join(root, "train.txt"), "w") as fh:
         fh.write("videos/00055.mp4\n00013\n")
     with open(os.path.join(root, "one.txt"), "w") as fh:

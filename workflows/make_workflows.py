@@ -311,9 +311,11 @@ GRAPHS = {"dwm_basic": dwm_graph, "dwm_basic_vhs": lambda: dwm_graph(vhs=True),
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    shared = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared"))
-    p.add_argument("--object-info", default=str(shared / "comfyui" / "object_info.json"),
-                   help="the recorded /object_info of the host (default: $DWM_SHARED or ../shared)")
+    full = Path(os.environ.get("DWM_SHARED", ROOT.parent / "shared")) / "comfyui" / "object_info.json"
+    core = ROOT / "tests" / "fixtures" / "object_info_core.json"  # the node types the workflows use
+    p.add_argument("--object-info", default=str(full if full.is_file() else core),
+                   help="a recorded /object_info of the host (default: $DWM_SHARED or ../shared, else the "
+                        "trimmed copy in tests/fixtures)")
     args = p.parse_args()
     schemas = load_schemas([args.object_info, *map(str, OUR_NODES)])
     for name, make in GRAPHS.items():
