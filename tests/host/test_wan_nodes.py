@@ -19,6 +19,8 @@ from .conftest import REPO, _host
 pytestmark = pytest.mark.host
 INTEROP = REPO / "tests" / "fixtures" / "interop"
 FIXTURE = REPO / "tests" / "fixtures" / "wan_reference_velocity.safetensors"
+TRAINED = REPO / "tests" / "fixtures" / "wan_trained_release"  # our trainer's export, with the reference's
+TRAINED_FIXTURE = REPO / "tests" / "fixtures" / "wan_trained_reference_velocity.safetensors"  # velocities
 WAN_BASE_SEED = 0  # the base FIXTURE was made on
 TOL = 1e-4
 
@@ -29,8 +31,8 @@ from comfy.cli_args import args
 args.cpu = True
 import folder_paths, torch
 from safetensors.torch import load_file, save_file
-REPO, INTEROP, FIXTURE, BASE, tmp = sys.argv[1:6]
-links = {"custom_nodes/ComfyUI-DWM": REPO, "diffusion_models/tiny-wan": BASE,
+REPO, INTEROP, FIXTURE, BASE, tmp, TRAINED, TRAINED_FIXTURE = sys.argv[1:8]
+links = {"custom_nodes/ComfyUI-DWM": REPO, "diffusion_models/tiny-wan": BASE, "loras/dwm-wan-trained": TRAINED,
          "diffusion_models/tiny_fun_inp.safetensors": BASE + "/diffusion_pytorch_model.safetensors",
          "loras/dwm-wan": INTEROP + "/reference-wan-lora", "loras/cog": INTEROP + "/reference-lora-v11"}
 for sub, src in links.items():
@@ -106,6 +108,20 @@ with torch.inference_mode():
             for t in (700, 250):
                 vel[f"{src}_s{s:g}_t{t}"] = err(velocity(dwm, t), f"{ref}_t{t}")
     vel["stock_after_dwm_t700"] = err(velocity(base, 700), "velocity_base_t700")  # object patch undone
+    # Our trainer's export: through our LoRA node, and through the core LoRA loader (the release file as
+    # it is) plus the 52-channel patch embedding set the way our node sets it.
+    trained_fx = load_file(TRAINED_FIXTURE)
+    trained = R.execute(base, "dwm-wan-trained", 1.0).result[0]
+    stock = M["LoraLoaderModelOnly"]().load_lora_model_only(
+        base, "dwm-wan-trained/lora_diffusion_pytorch_model.safetensors", 1.0)[0]
+    from dwm.wan.checkpoint import blend_patch_embedding
+    patch = next(m for n, m in sys.modules.items() if n.endswith(".nodes.wan.patch"))  # the pack, as loaded
+    conv, weights = patch.base_patch_embedding(base)
+    stock.add_object_patch("diffusion_model.patch_embedding",
+                           patch.widened_conv(conv, blend_patch_embedding(weights, patch.get_release(TRAINED), 1.0)))
+    out["trained"] = {f"{name}_t{t}": (velocity(model, t) - trained_fx[f"velocity_lora_t{t}"]).abs().max().item()
+                      for name, model in (("node", trained), ("stock_loader", stock)) for t in (700, 250)}
+    out["stock_modules"] = [len(stock.patches), len(patch.get_release(TRAINED).lora)]
     dwm = R.execute(base, "dwm-wan", 1.0).result[0]
     vel["lowvram_s1_t700"] = err(velocity(dwm, 700, lowvram=200_000), "velocity_lora_t700")
     out["velocity"] = vel
@@ -185,7 +201,8 @@ def host_run(tmp_path_factory):
     checkout, python = _host()
     work = tmp_path_factory.mktemp("wan_host")  # models, links and the pack link; removed by pytest
     base = make_tiny_wan_base(str(tmp_path_factory.mktemp("wan_base") / "tiny-wan21-fun-inp"), seed=WAN_BASE_SEED)
-    proc = subprocess.run([python, "-c", CHILD, str(REPO), str(INTEROP), str(FIXTURE), base, str(work)], cwd=checkout,
+    proc = subprocess.run([python, "-c", CHILD, str(REPO), str(INTEROP), str(FIXTURE), base, str(work), str(TRAINED),
+                           str(TRAINED_FIXTURE)], cwd=checkout,
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
@@ -219,7 +236,7 @@ def test_nodes_are_served_with_the_contract_inputs(host_run):
 
 
 def test_listings_find_folders_by_content(host_run):
-    assert host_run["choices"] == [["tiny-wan"], ["dwm-wan"]]
+    assert host_run["choices"] == [["tiny-wan"], ["dwm-wan", "dwm-wan-trained"]]
 
 
 def test_reference_velocity_through_loader_lora_and_host_conditioning(host_run):
@@ -229,6 +246,14 @@ def test_reference_velocity_through_loader_lora_and_host_conditioning(host_run):
     cases = {f"{src}_s{s}_t{t}" for src in ("folder", "single") for s in (1, 0) for t in (700, 250)}
     assert set(velocity) >= cases
     assert all(e < TOL for e in velocity.values()), velocity
+
+
+def test_our_trainers_export_runs_in_our_node_and_in_the_core_lora_loader(host_run):
+    """The export of training.train (Wan) gives the reference's velocity for it in the host, both ways."""
+    assert set(host_run["trained"]) == {f"{n}_t{t}" for n in ("node", "stock_loader") for t in (700, 250)}
+    assert all(e < TOL for e in host_run["trained"].values()), host_run["trained"]
+    patched, modules = host_run["stock_modules"]
+    assert patched == modules == 32  # the core loader maps every LoRA module of the file as written
 
 
 def test_strength_changes_share_the_base_and_undo_cleanly(host_run):
