@@ -8,6 +8,7 @@ beside an existing video (a run killed between the two writes) is rebuilt from t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -30,7 +31,14 @@ from .errors import DWMError
 from .safety import SignalStop, write_error
 from .video_io import probe_video, read_video, write_video
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+def examples_dir() -> str:
+    """The bundled sample: ``examples/`` of a checkout, or the installed ``dwm.examples`` data."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    if os.path.isdir(checkout):
+        return checkout
+    spec = importlib.util.find_spec("dwm.examples")
+    return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else checkout
 RANDOM_MODEL_NOTE = (
     "DWM demo on a tiny RANDOM-WEIGHT model: the pipeline runs end to end, but the output video is noise-like "
     "and means nothing. For real results train a DWM LoRA (see README, Training) and run: python -m dwm "
@@ -293,11 +301,10 @@ def run_generate(args) -> None:
 
 
 def run_demo(args) -> None:
-    sample = os.path.join(EXAMPLES, "00055")
+    sample = os.path.join(examples_dir(), "00055")
     if not os.path.isfile(os.path.join(sample, "static.mp4")):
         raise DWMError("demo", f"the bundled sample {sample} is missing",
-                       "run the demo from a clone of the repository (pip install -e .), or run python -m dwm "
-                       "generate on your own videos")
+                       "reinstall the pack (pip install .) or run the demo from a clone of the repository")
     checks.check_numbers(args)
     if not args.model:
         from .cogvideox.tiny import default_tiny_model
