@@ -101,7 +101,12 @@ def check_model(model: str) -> str:
     """The base's family from its configs; a hub id (owner/name) is a CogVideoX-Fun repository."""
     if os.path.isdir(model):
         try:
-            return base_family(model)
+            family = base_family(model)
+            if family == "wan":  # every file a Wan run loads, from headers: before the 14B transformer
+                from .wan.model import check_wan_folder
+
+                check_wan_folder(model)
+            return family
         except DWMError as err:
             raise _flagged(err, "--model") from None
     if os.path.exists(model) or model.count("/") != 1:

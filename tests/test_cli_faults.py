@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +32,9 @@ SIZE = ["--width", "64", "--height", "48", "--num-frames", "9", "--steps", "3"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Clips, a corrupt file, and base folders whose configs name each family (nothing to load in them)."""
+def files(tmp_path_factory, wan_base_dir):
+    """Clips, a corrupt file, a CogVideoX folder whose config names the family (nothing to load in it) and
+    the tiny Wan base (its files are checked from their headers before any load)."""
     root = tmp_path_factory.mktemp("faults")
     g = torch.Generator().manual_seed(0)
     paths = {name: write_video(str(root / f"{name}.mp4"), torch.rand(9, 48, 64, 3, generator=g))
@@ -41,10 +43,8 @@ def files(tmp_path_factory):
     (root / "junk.safetensors").write_bytes(b"\x00garbage" * 64)
     os.makedirs(root / "cog" / "transformer")
     (root / "cog" / "transformer" / "config.json").write_text(json.dumps({"_class_name": "CogVideoXTransformer3DModel"}))
-    os.makedirs(root / "wan")
-    (root / "wan" / "config.json").write_text(json.dumps({"model_type": "i2v", "in_dim": 36}))
     return {**paths, "corrupt": str(root / "corrupt.mp4"), "junk": str(root / "junk.safetensors"),
-            "cogvideox": str(root / "cog"), "wan": str(root / "wan"), "root": root}
+            "cogvideox": str(root / "cog"), "wan": wan_base_dir, "root": root}
 
 
 @pytest.fixture
@@ -115,6 +115,18 @@ def test_bad_input_is_refused_before_any_model_loads(case, family, files, tmp_pa
     over, match = CASES[case]
     over = {k: str(tmp_path / "out.mp4") if v == "out" else files.get(v, v) for k, v in over.items()}
     one_line_error(capsys, 2, match, main(one_input(files, tmp_path, family, **over)))
+
+
+@pytest.mark.parametrize("remove,match", [("Wan2.1_VAE.pth", "--model: no Wan VAE weights"),
+                                          ("models_t5_umt5-xxl-enc-bf16.pth", "--model: no umT5 weights"),
+                                          ("google", "--model: no umT5 tokenizer"),
+                                          ("diffusion_pytorch_model.safetensors", "--model: ")])
+def test_an_incomplete_wan_folder_is_refused_before_load(remove, match, files, tmp_path, no_load, capsys):
+    folder = tmp_path / "wan"
+    shutil.copytree(files["wan"], folder)
+    target = folder / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    one_line_error(capsys, 2, match, main(one_input(files, tmp_path, "wan", **{"--model": str(folder)})))
 
 
 @pytest.mark.parametrize("family,flag,match", [("cogvideox", ["--shift", "3"], "--shift: applies to Wan"),

@@ -87,6 +87,19 @@ def _weight_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
+def check_wan_folder(folder: str, with_text_and_vae: bool = True) -> None:
+    """Every part a run loads is there (config, shards, VAE, umT5 and its tokenizer), read from file
+    headers in seconds, so a missing file is found before a 14B transformer is loaded."""
+    read_wan_config(folder)
+    _weight_files(folder)
+    if with_text_and_vae:
+        from .text import find_text_encoder
+        from .vae import find_wan_vae
+
+        find_wan_vae(folder)
+        find_text_encoder(folder)
+
+
 def read_wan_state_dict(folder: str) -> dict:
     """All transformer tensors of the folder (every shard), under the original Wan key names."""
     state: dict = {}

@@ -153,22 +153,30 @@ def _from_wan_weights(path: str, dtype: torch.dtype):
     return model
 
 
+def find_text_encoder(folder: str) -> tuple[str | None, str]:
+    """(Wan-layout umT5 weight file, or None for a transformers-format umT5 folder; tokenizer folder)."""
+    if not os.path.isdir(folder):
+        raise DWMError("text encoder", f"{folder} is not a folder", _FIX)
+    weights = None
+    if _model_type(folder) != "umt5":
+        weights = find_weights(folder, _is_wan_umt5)
+        if weights is None:
+            raise DWMError("text encoder", f"no umT5 weights (Wan layout: token_embedding, blocks.N.attn, "
+                           f"blocks.N.pos_embedding) found in {folder}", _FIX)
+    return weights, find_tokenizer(folder)
+
+
 def load_wan_text_encoder(folder: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu"):
     """``(UMT5EncoderModel, tokenizer)`` from a VideoX-Fun folder or a transformers-format umT5 folder."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
     torch_dtype = resolve_dtype(dtype)
-    if not os.path.isdir(folder):
-        raise DWMError("text encoder", f"{folder} is not a folder", _FIX)
-    if _model_type(folder) == "umt5":
+    weights, tokenizer_folder = find_text_encoder(folder)
+    if weights is None:
         model = UMT5EncoderModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation="eager")
     else:
-        path = find_weights(folder, _is_wan_umt5)
-        if path is None:
-            raise DWMError("text encoder", f"no umT5 weights (Wan layout: token_embedding, blocks.N.attn, "
-                           f"blocks.N.pos_embedding) found in {folder}", _FIX)
-        model = _from_wan_weights(path, torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(find_tokenizer(folder))
+        model = _from_wan_weights(weights, torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     return model.requires_grad_(False).eval().to(device), tokenizer
 
 

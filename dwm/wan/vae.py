@@ -74,6 +74,14 @@ def wan_vae_config(state: dict) -> dict:
                 decoder_base_dim=state["decoder.head.0.gamma"].shape[0], z_dim=state["conv2.weight"].shape[0])
 
 
+def find_wan_vae(path: str) -> str:
+    """The Wan VAE file: ``path`` itself, or the file in the folder ``path`` whose keys are a Wan VAE's."""
+    file = find_weights(path, _is_wan_vae) if os.path.isdir(path) else path
+    if file is None or not os.path.isfile(file):
+        raise DWMError("vae", f"no Wan VAE weights (encoder.conv1, decoder.head, conv2) found in {path}", _FIX)
+    return file
+
+
 def load_wan_vae(path: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu"):
     """Diffusers ``AutoencoderKLWan`` from a Wan VAE file, or the folder that holds one (found by its keys)."""
     from accelerate import init_empty_weights
@@ -81,9 +89,7 @@ def load_wan_vae(path: str, dtype: str | torch.dtype = "bf16", device: str | tor
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
     torch_dtype = resolve_dtype(dtype)
-    file = find_weights(path, _is_wan_vae) if os.path.isdir(path) else path
-    if file is None or not os.path.isfile(file):
-        raise DWMError("vae", f"no Wan VAE weights (encoder.conv1, decoder.head, conv2) found in {path}", _FIX)
+    file = find_wan_vae(path)
     state = read_weights(file)
     if not _is_wan_vae(set(state)):
         raise DWMError("vae", f"{file} is not a Wan VAE in the original layout", _FIX)

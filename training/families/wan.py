@@ -26,7 +26,7 @@ from dwm.errors import DWMError
 from dwm.wan.checkpoint import wan_module_names
 from dwm.wan.export import experiment_config, save_wan_release
 from dwm.wan.lora import diffusers_module_name
-from dwm.wan.model import load_wan_base, read_wan_config, wan_model_input
+from dwm.wan.model import check_wan_folder, load_wan_base, read_wan_config, wan_model_input
 from dwm.wan.pipeline import prompt_embedding
 from dwm.wan.sampler import CLIP_TOKENS, WanSettings, flow_scheduler, pad_text
 from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder
@@ -106,6 +106,7 @@ class WanFamily:
     layout = WAN_LAYOUT
 
     def check_model(self, model: str) -> int:
+        check_wan_folder(model)  # the VAE and umT5 too, before the transformer is loaded
         return int(read_wan_config(model).get("text_dim", 4096))
 
     def load(self, cfg, dtype: torch.dtype, device) -> torch.nn.Module:
