@@ -212,3 +212,14 @@ def test_missing_train_extra_fails_before_training(monkeypatch):
     with pytest.raises(DWMError, match=r"tensorboard not installed.*pip install -e '\.\[train\]'"):
         check_extras(TrainConfig(report_to="tensorboard"))
     check_extras(TrainConfig(report_to="none"))
+
+
+def test_trainer_flags_take_dashes_like_the_cli_and_the_config_spelling(capsys):
+    from training.config import parse_args
+
+    base = ["--model", "m", "--train-list", "t.txt", "--output-dir", "out"]
+    assert parse_args(base + ["--data-root", "d"]).data_root == "d"
+    assert parse_args(base + ["--data_root", "d"]).data_root == "d"
+    with pytest.raises(SystemExit):  # no abbreviations: --data is not --data-root
+        parse_args(base + ["--data", "d"])
+    assert "unrecognized arguments: --data" in capsys.readouterr().err

@@ -143,9 +143,14 @@ def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """``--config FILE`` plus one ``--<key> VALUE`` flag per config field."""
-    parser = argparse.ArgumentParser(description="Train a DWM LoRA (see docs/training.md)")
+    parser = argparse.ArgumentParser(prog="accelerate launch -m training.train", allow_abbrev=False,
+                                     description="Train a DWM LoRA (see docs/training.md)")
     parser.add_argument("--config", default=None, help="YAML file with config keys")
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument(f"--{f.name}", default=None, help=f"({f.type}) overrides the config file")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        # Dashes as in `python -m dwm` (--data-root); the config's own key spelling is accepted too.
+        flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])
+        parser.add_argument(*flags, dest=f.name, default=None,
+                            help=f"({f.type}) overrides the config file (default {default!r})")
     args = vars(parser.parse_args(argv))
     return load_config(args.pop("config"), args)
