@@ -19,12 +19,9 @@ node, and --set NODE_ID.INPUT=VALUE sets any input for every job (VALUE is JSON 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import uuid
 from collections import deque
@@ -37,8 +34,22 @@ from tqdm import tqdm
 from dwm.atomic import atomic_path, clean_stale_temporaries
 from dwm.dataset import read_list
 from dwm.errors import DWMError
-from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, find_targets, load_workflow,
-                            output_name, parse_seeds, parse_target, parse_value, sample_inputs)
+from dwm.queue_jobs import (
+    ROLES,
+    Job,
+    Manifest,
+    UsageError,
+    describe_failure,
+    describe_node_errors,
+    find_targets,
+    load_workflow,
+    output_name,
+    parse_seeds,
+    parse_target,
+    parse_value,
+    sample_inputs,
+)
+from dwm.safety import interrupt_on_signals
 
 UPLOAD_SUBFOLDER = "dwm_queue"
 BACKOFF_S = 0.5  # first retry delay; doubles each try
@@ -160,29 +171,6 @@ class Comfy:
     def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
-
-
-def describe_node_errors(res: dict, wf: dict) -> str:
-    """One line from a 400 /prompt answer: the top message plus each node's reasons."""
-    err = res.get("error") or {}
-    parts = [err.get("message", "prompt rejected") if isinstance(err, dict) else str(err)]
-    if isinstance(err, dict) and err.get("details"):
-        parts[0] += f" ({err['details']})"
-    for nid, ne in (res.get("node_errors") or {}).items():
-        reasons = "; ".join(f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", []))
-        parts.append(f"node {nid} ({ne.get('class_type', wf.get(nid, {}).get('class_type'))}): {reasons}")
-    return " | ".join(parts)
-
-
-def describe_failure(entry: dict) -> str:
-    """One line from a failed history entry's execution_error / execution_interrupted message."""
-    for event, data in entry.get("status", {}).get("messages", []):
-        if event == "execution_error":
-            return (f"node {data.get('node_id')} ({data.get('node_type')}) raised "
-                    f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}")
-        if event == "execution_interrupted":
-            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
-    return "failed without an error message"
 
 
 class Batch:
@@ -322,23 +310,6 @@ class Batch:
         print(f"{len(jobs) - failed}/{len(jobs)} jobs done, {failed} failed; "
               f"manifest {self.manifest.path}", file=sys.stderr)
         return 1 if failed else 0
-
-
-@contextlib.contextmanager
-def interrupt_on_signals():
-    """Ctrl-C and SIGTERM raise KeyboardInterrupt (so our queued prompts are removed) whatever the
-    disposition this process inherited: a shell starts `&` and nohup jobs with SIGINT ignored."""
-    def handler(_signum, _frame):
-        raise KeyboardInterrupt
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
 
 
 def check_server(comfy: Comfy, wf: dict) -> None:

@@ -193,3 +193,26 @@ class Manifest:
         lines = [json.dumps(vars(j), ensure_ascii=False) for j in self.jobs.values()]
         with atomic_path(str(self.path)) as tmp:
             Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def describe_node_errors(res: dict, wf: dict) -> str:
+    """One line from a 400 /prompt answer: the top message plus each node's reasons."""
+    err = res.get("error") or {}
+    parts = [err.get("message", "prompt rejected") if isinstance(err, dict) else str(err)]
+    if isinstance(err, dict) and err.get("details"):
+        parts[0] += f" ({err['details']})"
+    for nid, ne in (res.get("node_errors") or {}).items():
+        reasons = "; ".join(f"{e.get('message')}: {e.get('details')}" for e in ne.get("errors", []))
+        parts.append(f"node {nid} ({ne.get('class_type', wf.get(nid, {}).get('class_type'))}): {reasons}")
+    return " | ".join(parts)
+
+
+def describe_failure(entry: dict) -> str:
+    """One line from a failed history entry's execution_error / execution_interrupted message."""
+    for event, data in entry.get("status", {}).get("messages", []):
+        if event == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}) raised "
+                    f"{data.get('exception_type')}: {str(data.get('exception_message', '')).strip()}")
+        if event == "execution_interrupted":
+            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
+    return "failed without an error message"

@@ -159,3 +159,20 @@ def worker_signals(_worker_id: int | None = None) -> None:
 
 def _exit_quietly(_signum, _frame) -> None:
     os._exit(0)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt (so our queued prompts are removed) whatever the
+    disposition this process inherited: a shell starts `&` and nohup jobs with SIGINT ignored."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
