@@ -34,21 +34,9 @@ from tqdm import tqdm
 from dwm.atomic import atomic_path, clean_stale_temporaries
 from dwm.dataset import read_list
 from dwm.errors import DWMError
-from dwm.queue_jobs import (
-    ROLES,
-    Job,
-    Manifest,
-    UsageError,
-    describe_failure,
-    describe_node_errors,
-    find_targets,
-    load_workflow,
-    output_name,
-    parse_seeds,
-    parse_target,
-    parse_value,
-    sample_inputs,
-)
+from dwm.queue_jobs import (ROLES, Job, Manifest, UsageError, describe_failure, describe_node_errors,
+                            find_targets, load_workflow, output_name, parse_seeds, parse_target, parse_value,
+                            sample_inputs)
 from dwm.safety import interrupt_on_signals
 
 UPLOAD_SUBFOLDER = "dwm_queue"
