@@ -8,7 +8,6 @@ from .wan import model as wan_model
 from .wan import pipeline as wan_pipeline
 from .wan.sampler import WanSettings
 
-DEFAULT_SHIFT = 5.0  # the reference's FlowMatchEulerDiscreteScheduler shift for Wan 2.1
 
 
 def wan_settings(args) -> WanSettings:
@@ -18,7 +17,7 @@ def wan_settings(args) -> WanSettings:
             raise DWMError(flag, "applies to CogVideoX bases only",
                            f"drop {flag}: Wan samples with flow-matching Euler at constant guidance "
                            "(tune --shift instead)")
-    shift = DEFAULT_SHIFT if args.shift is None else args.shift
+    shift = WanSettings.shift if args.shift is None else args.shift
     return WanSettings(steps=args.steps, guidance=args.guidance, seed=args.seed, batch=args.batch, shift=shift)
 
 

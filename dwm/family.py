@@ -61,12 +61,12 @@ def _shapes(path: str) -> dict[str, tuple]:
 
 
 def _weight_files(path: str) -> list[str]:
+    """The file itself, or the weight files of a folder and of its ``transformer/`` (a full fine-tune)."""
     if os.path.isfile(path):
         return [path]
-    if os.path.isdir(path):
-        return [os.path.join(path, f) for f in sorted(os.listdir(path))
-                if f.endswith((".safetensors", ".pt", ".bin")) and os.path.isfile(os.path.join(path, f))]
-    return []
+    folders = [f for f in (path, os.path.join(path, "transformer")) if os.path.isdir(f)]
+    return [os.path.join(folder, f) for folder in folders for f in sorted(os.listdir(folder))
+            if f.endswith((".safetensors", ".pt", ".bin")) and os.path.isfile(os.path.join(folder, f))]
 
 
 def lora_family(path: str) -> str:

@@ -76,3 +76,13 @@ def test_lora_family_refusals(tmp_path):
                "patch_embed.proj.weight": torch.zeros(4, 49, 2, 2)}, str(tmp_path / "mixed.safetensors"))
     with pytest.raises(DWMError, match="mixes CogVideoX and Wan"):
         lora_family(str(tmp_path / "mixed.safetensors"))
+
+
+def test_a_full_finetune_folder_is_told_apart_by_its_transformer_weights(tmp_path):
+    cog, wan = tmp_path / "cog" / "transformer", tmp_path / "wan" / "transformer"
+    cog.mkdir(parents=True)
+    wan.mkdir(parents=True)
+    save_file({"patch_embed.proj.weight": torch.zeros(8, 49, 2, 2)}, str(cog / "diffusion_pytorch_model.safetensors"))
+    save_file({"patch_embedding.weight": torch.zeros(8, 52, 1, 2, 2)}, str(wan / "diffusion_pytorch_model.safetensors"))
+    assert lora_family(str(tmp_path / "cog")) == "cogvideox"
+    assert lora_family(str(tmp_path / "wan")) == "wan"

@@ -150,8 +150,9 @@ def _training(config: dict) -> dict:
     return training if isinstance(training, dict) else {}
 
 
-def _refuse_wan(path: str, kind: str = "LoRA release") -> None:
+def _refuse_wan(path: str) -> None:
     """A DWM-Wan release (or Wan fine-tune) is told apart by its tensor names, and named as such."""
+    kind = "full fine-tune" if os.path.isdir(os.path.join(path, FULL_DIR)) else "LoRA release"
     try:
         family = lora_family(path)
     except DWMError:  # no DWM tensors at all: the CogVideoX readers explain what is missing
@@ -167,7 +168,6 @@ def _read_full(path: str, config: dict) -> DWMCheckpoint:
     """A full fine-tune: the reference reads every ``*.safetensors`` of ``transformer/``, else
     ``pytorch_model.bin``. Its patch projection is the widened one; the rest replaces the base's."""
     folder = os.path.join(path, FULL_DIR)
-    _refuse_wan(folder, "full fine-tune")
     files = sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors")))
     if not files and os.path.isfile(os.path.join(folder, FULL_TORCH_FILE)):
         files = [os.path.join(folder, FULL_TORCH_FILE)]
@@ -230,13 +230,16 @@ def load_checkpoint(path: str) -> DWMCheckpoint:
     if not os.path.exists(path):
         raise DWMError("checkpoint", f"{path} does not exist",
                        "check the path; LoRAs for the nodes go in ComfyUI/models/loras/")
-    _refuse_wan(path)
-    if os.path.isdir(path):
-        return _read_folder(path)
-    if not path.endswith(".safetensors"):
-        raise DWMError("checkpoint", f"{path} is not a .safetensors file",
-                       f"pass a DWM .safetensors file or the reference output folder that holds {LORA_FILE}")
-    return _read_file(path)
+    try:
+        if os.path.isdir(path):
+            return _read_folder(path)
+        if not path.endswith(".safetensors"):
+            raise DWMError("checkpoint", f"{path} is not a .safetensors file",
+                           f"pass a DWM .safetensors file or the reference output folder that holds {LORA_FILE}")
+        return _read_file(path)
+    except DWMError:  # every DWM-Wan folder or file fails here; only then tell it apart by its tensors
+        _refuse_wan(path)
+        raise
 
 
 def save_checkpoint_file(ckpt: DWMCheckpoint, path: str, dtype: torch.dtype | None = None) -> None:

@@ -26,10 +26,13 @@ from ..adapters import weigh_adapters
 from .checkpoint import DWMCheckpoint, check_fits, full_parameter
 from .model import DWMBase
 
+
 def _ensure_adapter(base: DWMBase, ckpt: DWMCheckpoint) -> str | None:
     entry = base.adapters.get(id(ckpt))
     if entry is not None:
         return entry[0]
+    if ckpt.is_full and any(c is ckpt for c, _ in base.full_blend):
+        return None  # checked when it was first blended
     check_fits(ckpt, base.transformer, base.version)
     if ckpt.is_full:  # no adapter: its weights are blended by _blend_full
         return None
@@ -62,12 +65,15 @@ def _blend_patch_embed(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float
 
 
 def _blend_full(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:
-    full = [(c, s) for c, s in loras if c.is_full]
+    full = [(c, float(s)) for c, s in loras if c.is_full]
+    if len(full) == len(base.full_blend) and all(c is d and s == t for (c, s), (d, t) in zip(full, base.full_blend)):
+        return  # the same fine-tunes at the same strengths are blended already: a 5B rewrite saved
     for key in set(base.base_weights).union(*(c.weights for c, _ in full)):
         target = full_parameter(base.transformer, key)
         if key not in base.base_weights:
             base.base_weights[key] = target.detach().to("cpu", copy=True)
         _blend(target, base.base_weights[key], [(c.weights[key], s) for c, s in full if s and key in c.weights])
+    base.full_blend = full
 
 
 def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import DWMError
-from ..precision import DTYPES, resolve_dtype  # noqa: F401  (DTYPES: the trainer imports it here)
+from ..precision import resolve_dtype
 
 BASE_CHANNELS = 33  # noisy latents (16) + mask (1) + masked-video latents (16)
 HAND_CHANNELS = 16
@@ -37,6 +37,7 @@ class DWMBase:
     base_proj: dict = field(default_factory=dict)  # widened base patch projection, CPU copy
     adapters: dict = field(default_factory=dict)  # checkpoint key -> adapter name (see lora.py)
     base_weights: dict = field(default_factory=dict)  # CPU copies of tensors a full fine-tune blends (lora.py)
+    full_blend: list = field(default_factory=list)  # [(checkpoint, strength)] of the full fine-tunes blended now
     prompt_cache: dict = field(default_factory=dict)  # prompt -> embedding (see text.py)
 
     @property

@@ -80,10 +80,14 @@ def make_tiny_model(out: str, version: str = "1.1", seed: int = 0) -> str:
     return out
 
 
+def cache_root() -> str:
+    """Where the embedded tiny models are built once (``DWM_CACHE`` overrides the place)."""
+    return os.environ.get("DWM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "comfyui-dwm")
+
+
 def default_tiny_model(version: str = "1.1") -> str:
-    """The embedded default: built once into the user cache (``DWM_CACHE`` overrides the place)."""
-    root = os.environ.get("DWM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "comfyui-dwm")
-    path = os.path.join(root, f"tiny-cogvideox-fun-v{version}-inp")
+    """The embedded default: built once into the user cache."""
+    path = os.path.join(cache_root(), f"tiny-cogvideox-fun-v{version}-inp")
     if not os.path.isfile(os.path.join(path, "model_index.json")):
         make_tiny_model(path, version)
     return path

@@ -21,8 +21,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from ..cogvideox.sampler import SamplerSettings, StepCallback, initial_noise
 from ..errors import DWMCancelled, DWMError
 from .model import WanBase, wan_model_input
+from .text import TEXT_LEN  # diffusers' Wan attention splits image/text tokens at it
 
-TEXT_LEN = 512  # umT5 context length; diffusers' Wan attention splits image/text tokens at it
 CLIP_TOKENS = 257  # open-clip ViT-H/14 tokens at 224 px (16 x 16 patches + class token)
 NUM_TRAIN_TIMESTEPS = 1000
 

@@ -102,28 +102,30 @@ def _is_wan_umt5(keys: set) -> bool:
     return all(k in keys for k in UMT5_KEYS)
 
 
-def _is_t5_tokenizer(folder: str) -> bool:
-    """T5's special-token ids (pad 0, end 1): tells umT5's tokenizer from e.g. the CLIP's XLM-R one."""
+def _t5_tokenizer(folder: str):
+    """The folder's tokenizer when it has T5's special-token ids (pad 0, end 1), which tell umT5's
+    tokenizer from e.g. the CLIP's XLM-R one; else None."""
     from transformers import AutoTokenizer
 
     if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
-        return False
+        return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError):
-        return False
-    return (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1)
+        return None
+    return tokenizer if (tokenizer.pad_token_id, tokenizer.eos_token_id) == (0, 1) else None
 
 
-def find_tokenizer(folder: str) -> str:
-    """The umT5 tokenizer folder: ``folder`` itself or a sub-folder up to two levels down."""
+def find_tokenizer(folder: str):
+    """The umT5 tokenizer of ``folder`` itself or of a sub-folder up to two levels down (loaded once)."""
     folder = os.path.normpath(folder)
     for root, dirs, _ in os.walk(folder):
         dirs.sort()
         if root[len(folder):].count(os.sep) >= 2:
             dirs.clear()
-        if _is_t5_tokenizer(root):
-            return root
+        tokenizer = _t5_tokenizer(root)
+        if tokenizer is not None:
+            return tokenizer
     raise DWMError("text encoder", f"no umT5 tokenizer (e.g. google/umt5-xxl/) found in {folder}", _FIX)
 
 
@@ -154,7 +156,7 @@ def _from_wan_weights(path: str, dtype: torch.dtype):
 
 
 def find_text_encoder(folder: str) -> tuple[str | None, str]:
-    """(Wan-layout umT5 weight file, or None for a transformers-format umT5 folder; tokenizer folder)."""
+    """(Wan-layout umT5 weight file, or None for a transformers-format umT5 folder; the tokenizer)."""
     if not os.path.isdir(folder):
         raise DWMError("text encoder", f"{folder} is not a folder", _FIX)
     weights = None
@@ -168,15 +170,14 @@ def find_text_encoder(folder: str) -> tuple[str | None, str]:
 
 def load_wan_text_encoder(folder: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu"):
     """``(UMT5EncoderModel, tokenizer)`` from a VideoX-Fun folder or a transformers-format umT5 folder."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import UMT5EncoderModel
 
     torch_dtype = resolve_dtype(dtype)
-    weights, tokenizer_folder = find_text_encoder(folder)
+    weights, tokenizer = find_text_encoder(folder)
     if weights is None:
         model = UMT5EncoderModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation="eager")
     else:
         model = _from_wan_weights(weights, torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     return model.requires_grad_(False).eval().to(device), tokenizer
 
 

@@ -161,9 +161,10 @@ def make_tiny_wan_release(base: str, out: str, seed: int = 0) -> str:
 
 
 def default_tiny_wan_base() -> str:
-    """The embedded tiny Wan base, built once into the user cache (``DWM_CACHE`` overrides the place)."""
-    root = os.environ.get("DWM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "comfyui-dwm")
-    path = os.path.join(root, "tiny-wan21-fun-inp")
+    """The embedded tiny Wan base, built once into the user cache."""
+    from ..cogvideox.tiny import cache_root
+
+    path = os.path.join(cache_root(), "tiny-wan21-fun-inp")
     if not os.path.isfile(os.path.join(path, "config.json")):
         make_tiny_wan_base(path)
     return path
