@@ -36,12 +36,6 @@ class Sample:
     def video(self, key: str) -> str:
         return os.path.join(self.root, VIDEO_DIRS[key], self.stem + ".mp4")
 
-    def latents(self, key: str) -> str:
-        return os.path.join(self.root, LATENT_DIRS[key], self.stem + ".pt")
-
-    def prompt_embeds(self) -> str:
-        return os.path.join(self.root, PROMPT_EMBED_DIR, self.stem + ".pt")
-
     def prompt_file(self) -> str | None:
         for folder in PROMPT_DIRS:
             path = os.path.join(self.root, folder, self.stem + ".txt")

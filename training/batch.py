@@ -51,12 +51,21 @@ def make_step_inputs(base: DWMBase, items: list[dict], generator: torch.Generato
     latents, static, hands = draw("video"), draw("static"), draw("hands")
     prompts = [p if isinstance(p, torch.Tensor) else encode_prompt(base, p)[0] for p in (i["prompt"] for i in items)]
     prompt_embeds = torch.stack([p.to(device, dtype) for p in prompts])
-    batch = len(items)
+    prompt_embeds, hands, _ = apply_dropout(prompt_embeds, lambda: encode_prompt(base, "")[0].to(device, dtype),
+                                            hands, generator, prompt_dropout, hand_dropout)
+    return StepInputs(latents, static, hands, prompt_embeds)
+
+
+def apply_dropout(prompts: torch.Tensor, empty, hands: torch.Tensor, generator: torch.Generator,
+                  prompt_dropout: float, hand_dropout: float):
+    """Both families: prompt then hand dropout, drawn from ``generator`` in that order (exact resume
+    depends on it); ``empty()`` is the empty prompt's embedding. Returns prompts, hands and the mask of
+    items whose hands were dropped (None without hand dropout)."""
+    batch, device, dropped = prompts.shape[0], prompts.device, None
     if prompt_dropout > 0:
         drop = (torch.rand(batch, generator=generator) < prompt_dropout).to(device)
-        empty = encode_prompt(base, "")[0].to(device, dtype)
-        prompt_embeds = torch.where(drop.view(-1, 1, 1), empty, prompt_embeds)
+        prompts = torch.where(drop.view(-1, 1, 1), empty(), prompts)
     if hand_dropout > 0:
-        drop = (torch.rand(batch, generator=generator) < hand_dropout).to(device)
-        hands = torch.where(drop.view(-1, 1, 1, 1, 1), torch.zeros_like(hands), hands)
-    return StepInputs(latents, static, hands, prompt_embeds)
+        dropped = (torch.rand(batch, generator=generator) < hand_dropout).to(device)
+        hands = torch.where(dropped.view(-1, 1, 1, 1, 1), torch.zeros_like(hands), hands)
+    return prompts, hands, dropped

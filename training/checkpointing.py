@@ -36,6 +36,8 @@ from dwm.atomic import atomic_path
 from dwm.errors import DWMError
 from dwm.safety import write_error
 
+from .lora_setup import trainable_names
+
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 PARTIAL = re.compile(r"^\.tmp-checkpoint-\d+$")
 MARKER = "train_state.json"
@@ -156,7 +158,7 @@ def remove_partial(output_dir: str) -> list[str]:
 def trainable_only(module: torch.nn.Module):
     """A ``save_state`` pre-hook that keeps only the trainable tensors in the saved model state: the
     frozen base (28 GB for Wan 14B) is read from the base folder again, never copied per checkpoint."""
-    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    names = set(trainable_names(module))
 
     def hook(models, weights, output_dir) -> None:
         for i, state in enumerate(weights):

@@ -17,19 +17,25 @@ ADAPTER = "default"
 PROJ = "patch_embed.proj."
 
 
-def make_trainable(base: DWMBase, rank: int, alpha: float, target_modules: list[str],
-                   gradient_checkpointing: bool) -> list[torch.nn.Parameter]:
-    transformer = base.transformer
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: list[str], full_module: str,
+             gradient_checkpointing: bool) -> list[torch.nn.Parameter]:
+    """Both families: a peft LoRA on ``target_modules`` plus ``full_module`` (the patch embedding) trained
+    whole; trainable tensors in fp32. Returns them."""
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True,
                                        target_modules=list(target_modules)), adapter_name=ADAPTER)
-    transformer.patch_embed.proj.requires_grad_(True)
+    transformer.get_submodule(full_module).requires_grad_(True)
     params = [p for p in transformer.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()
     if gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     return params
+
+
+def make_trainable(base: DWMBase, rank: int, alpha: float, target_modules: list[str],
+                   gradient_checkpointing: bool) -> list[torch.nn.Parameter]:
+    return add_lora(base.transformer, rank, alpha, target_modules, "patch_embed.proj", gradient_checkpointing)
 
 
 def trainable_names(transformer: torch.nn.Module) -> list[str]:

@@ -87,10 +87,10 @@ def _weight_files(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def check_wan_folder(folder: str, with_text_and_vae: bool = True) -> None:
+def check_wan_folder(folder: str, with_text_and_vae: bool = True) -> dict:
     """Every part a run loads is there (config, shards, VAE, umT5 and its tokenizer), read from file
-    headers in seconds, so a missing file is found before a 14B transformer is loaded."""
-    read_wan_config(folder)
+    headers in seconds, so a missing file is found before a 14B transformer is loaded. Returns the config."""
+    config = read_wan_config(folder)
     _weight_files(folder)
     if with_text_and_vae:
         from .text import find_text_encoder
@@ -98,6 +98,7 @@ def check_wan_folder(folder: str, with_text_and_vae: bool = True) -> None:
 
         find_wan_vae(folder)
         find_text_encoder(folder)
+    return config
 
 
 def read_wan_state_dict(folder: str) -> dict:

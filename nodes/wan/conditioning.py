@@ -15,9 +15,9 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 from dwm.errors import DWMError
-from dwm.frames import prepare_frames, valid_frame_count
+from dwm.frames import check_num_frames, prepare_frames
 
-from .loaders import CATEGORY
+from .loaders import CATEGORY, as_input
 
 LATENT_CHANNELS = 16  # Wan 2.1 VAE
 CLIP_TOKENS, CLIP_WIDTH = 257, 1280  # the open-clip ViT-H features the image branch takes
@@ -101,9 +101,8 @@ class DWMWanSceneConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, width, height, length, batch_size, static_images=None,
                 hand_images=None, static_video=None, hand_video=None) -> io.NodeOutput:
-        if length < 1 or (length - 1) % 4:
-            raise DWMError("length", f"{length} is not of the form 4k+1",
-                           f"use {valid_frame_count(max(length, 1))} or {valid_frame_count(max(length, 1)) + 4}")
+        with as_input("num_frames", "length"):
+            check_num_frames(length)
         static = encode(vae, _frames(static_images, static_video, "static"), width, height, length, "static video")
         hands = encode(vae, _frames(hand_images, hand_video, "hand"), width, height, length, "hand video")
         values = {"concat_latent_image": torch.cat([static, hands], dim=1),

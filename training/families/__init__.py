@@ -13,6 +13,19 @@ import os
 from dwm.family import base_family
 
 
+def validation_run(generate, base, settings_cls, cfg, **as_trained):
+    """Validation: frames -> one video ``[F, H, W, 3]`` with the weights being trained, as they are
+    (``as_trained``: the family's keyword that leaves the transformer untouched)."""
+    settings = settings_cls(steps=cfg.validation_inference_steps, guidance=cfg.validation_guidance,
+                            seed=cfg.validation_seed)
+
+    def run(static, hands, prompt):
+        return generate(base, static, hands, prompt, settings=settings, width=cfg.width, height=cfg.height,
+                        num_frames=cfg.num_frames, **as_trained)[0]
+
+    return run
+
+
 def family_name(model: str) -> str:
     configs = (os.path.join(model, "transformer", "config.json"), os.path.join(model, "config.json"))
     if os.path.isdir(model) and any(os.path.isfile(c) for c in configs):

@@ -21,6 +21,7 @@ from ..data import COGVIDEOX_LAYOUT
 from ..lora_setup import make_trainable, to_checkpoint
 from ..loss import training_loss
 from ..preflight import transformer_config
+from . import validation_run
 
 
 class CogVideoXFamily:
@@ -73,12 +74,4 @@ class CogVideoXFamily:
         return file
 
     def generator(self, cfg):
-        """Validation: frames -> one video ``[F, H, W, 3]`` with the weights being trained, as they are."""
-        settings = SamplerSettings(steps=cfg.validation_inference_steps, guidance=cfg.validation_guidance,
-                                   seed=cfg.validation_seed)
-
-        def run(static, hands, prompt):
-            return generate(self.base, static, hands, prompt, loras=None, settings=settings, width=cfg.width,
-                            height=cfg.height, num_frames=cfg.num_frames)[0]
-
-        return run
+        return validation_run(generate, self.base, SamplerSettings, cfg, loras=None)

@@ -20,7 +20,7 @@ import zlib
 
 import torch
 from accelerate import PartialState
-from peft import LoraConfig, get_peft_model_state_dict
+from peft import get_peft_model_state_dict
 
 from dwm.errors import DWMError
 from dwm.wan.checkpoint import wan_module_names
@@ -32,12 +32,13 @@ from dwm.wan.sampler import CLIP_TOKENS, WanSettings, flow_scheduler, pad_text
 from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder
 from dwm.wan.vae import encode_wan_video, load_wan_vae
 
+from ..batch import PIXEL_CHANNELS, apply_dropout
 from ..data import Layout
+from ..lora_setup import ADAPTER, add_lora
+from . import validation_run
 
-ADAPTER = "default"
 SHIFT = 5.0  # the reference's scheduler_kwargs for Wan 2.1
 CLIP_THRESHOLD = 50.0
-PIXEL_CHANNELS = 3
 WAN_LAYOUT = Layout(suffix="_wan", latent_channels=16, text_tokens=None, max_tokens=512,
                     what="Wan VAE latent sample", encoder="umT5")
 
@@ -53,21 +54,6 @@ def lora_modules(transformer: torch.nn.Module, targets) -> dict[str, str]:
         raise DWMError("lora_target_modules", f"{targets} selects no Linear of the Wan transformer",
                        "use all (every Linear, the reference recipe) or diffusers names such as to_q,to_k")
     return names
-
-
-def make_trainable(transformer: torch.nn.Module, rank: int, alpha: float, targets,
-                   gradient_checkpointing: bool) -> list[torch.nn.Parameter]:
-    transformer.requires_grad_(False)
-    modules = sorted(lora_modules(transformer, targets))
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights=True, target_modules=modules),
-                            adapter_name=ADAPTER)
-    transformer.patch_embedding.requires_grad_(True)
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    for p in params:  # trainable tensors stay fp32 under bf16 mixed precision
-        p.data = p.data.float()
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return params
 
 
 def timestep_range(rank: int, world: int, count: int = 1000) -> tuple[int, int]:
@@ -106,8 +92,8 @@ class WanFamily:
     layout = WAN_LAYOUT
 
     def check_model(self, model: str) -> int:
-        check_wan_folder(model)  # the VAE and umT5 too, before the transformer is loaded
-        return int(read_wan_config(model).get("text_dim", 4096))
+        # the VAE and umT5 too, before the transformer is loaded
+        return int(check_wan_folder(model).get("text_dim", 4096))
 
     def load(self, cfg, dtype: torch.dtype, device) -> torch.nn.Module:
         """Transformer and VAE on ``device``; the umT5 (11 GB for XXL) stays on the CPU: it only encodes
@@ -118,7 +104,6 @@ class WanFamily:
         self.scheduler = flow_scheduler(SHIFT)
         state = PartialState()
         self.index_range = timestep_range(state.process_index, state.num_processes, len(self.scheduler.timesteps))
-        self.names = {}
         return self.base.transformer
 
     def load_encoders(self, model: str, dtype, device) -> None:
@@ -139,8 +124,8 @@ class WanFamily:
     def make_trainable(self, cfg) -> list[torch.nn.Parameter]:
         transformer = self.base.transformer
         self.names = lora_modules(transformer, cfg.lora_target_modules)
-        return make_trainable(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules,
-                              cfg.gradient_checkpointing)
+        return add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, sorted(self.names), "patch_embedding",
+                        cfg.gradient_checkpointing)
 
     def _latents(self, values: list[torch.Tensor], generator: torch.Generator, device, dtype) -> torch.Tensor:
         """Stored samples as they are; frames encoded now (a VAE sample drawn with the run's generator)."""
@@ -156,13 +141,8 @@ class WanFamily:
         latents, static, hands = (self._latents([i[k] for i in items], generator, device, dtype)
                                   for k in ("video", "static", "hands"))
         prompts = torch.stack([self._prompt(i["prompt"]) for i in items]).to(device, dtype)
-        batch, dropped = len(items), None
-        if cfg.prompt_dropout > 0:
-            drop = (torch.rand(batch, generator=generator) < cfg.prompt_dropout).to(device)
-            prompts = torch.where(drop.view(-1, 1, 1), self._prompt("").to(device, dtype), prompts)
-        if cfg.hand_dropout > 0:
-            dropped = (torch.rand(batch, generator=generator) < cfg.hand_dropout).to(device)
-            hands = torch.where(dropped.view(-1, 1, 1, 1, 1), torch.zeros_like(hands), hands)
+        prompts, hands, dropped = apply_dropout(prompts, lambda: self._prompt("").to(device, dtype), hands, generator,
+                                                cfg.prompt_dropout, cfg.hand_dropout)
         return latents, static, hands, prompts, dropped
 
     def loss(self, model, items: list[dict], generator: torch.Generator, device, dtype, cfg) -> torch.Tensor:
@@ -190,14 +170,6 @@ class WanFamily:
         return ""
 
     def generator(self, cfg):
-        """Validation: frames -> one video ``[F, H, W, 3]`` with the weights being trained, as they are."""
         from dwm.wan.pipeline import generate_wan
 
-        settings = WanSettings(steps=cfg.validation_inference_steps, guidance=cfg.validation_guidance,
-                               seed=cfg.validation_seed)
-
-        def run(static, hands, prompt):
-            return generate_wan(self.base, static, hands, prompt, releases=None, settings=settings, width=cfg.width,
-                                height=cfg.height, num_frames=cfg.num_frames)[0]
-
-        return run
+        return validation_run(generate_wan, self.base, WanSettings, cfg, releases=None)
