@@ -14,6 +14,7 @@ from dwm.cogvideox.tiny import tiny_t5_tokenizer
 from dwm.errors import DWMError
 from dwm.frames import prepare_frames
 from dwm.wan import tiny
+from dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE
 from dwm.wan.scene import encode_wan_scene
 from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder, prompt_ids, umt5_to_wan
 from dwm.wan.vae import WAN22_KEY, decode_wan_latents, diffusers_to_wan_vae, encode_wan_video, load_wan_vae
@@ -210,11 +211,11 @@ def test_tiny_release_in_the_reference_format(base, tmp_path):
     from dwm.wan.checkpoint import load_wan_release
 
     out = tiny.make_tiny_wan_release(base, str(tmp_path / "release"), seed=1)
-    lora = load_file(os.path.join(out, tiny.WAN_LORA_FILE))
-    reference = load_file(os.path.join(WAN_RELEASE, tiny.WAN_LORA_FILE))
+    lora = load_file(os.path.join(out, WAN_LORA_FILE))
+    reference = load_file(os.path.join(WAN_RELEASE, WAN_LORA_FILE))
     assert {k: (v.shape, v.dtype) for k, v in lora.items()} == {k: (v.shape, v.dtype) for k, v in reference.items()}
     assert lora["lora_unet__blocks_0_cross_attn_k_img.alpha"].item() == 12.0
-    patch = load_file(os.path.join(out, tiny.NON_LORA_FILE))
+    patch = load_file(os.path.join(out, NON_LORA_FILE))
     assert patch["patch_embedding.weight"].shape == (256, 52, 1, 2, 2)
     assert patch["patch_embedding.weight"][:, 36:].abs().min() > 0  # hand channels are trained (non-zero)
     with open(os.path.join(out, tiny.RELEASE_YAML), encoding="utf-8") as fh:

@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import save_file
 
 from .checkpoint import LORA_PREFIX, NON_LORA_FILE, PATCH_KEYS, WAN_LORA_FILE
+from .model import HAND_CHANNELS
 
 PIPELINE = "wan2.1_fun_inp_hand_concat"
-HAND_CHANNELS = 16
 
 
 def flat_name(path: str) -> str:
@@ -25,11 +25,12 @@ def flat_name(path: str) -> str:
     return f"{LORA_PREFIX}_{path.replace('.', '_')}"
 
 
-def experiment_config(name: str, base: str, rank: int, alpha: float, extra: dict | None = None) -> dict:
+def experiment_config(name: str, base: str, rank: int, alpha: float, extra: dict | None = None,
+                      description: str = "DWM-Wan LoRA trained with ComfyUI-DWM's trainer.") -> dict:
     """The experiment yaml of a LoRA run, in the reference's sections."""
     training = {"mode": "lora", "lora_rank": int(rank), "lora_alpha": float(alpha),
                 "trainable_parameter_patterns": ["patch_embedding"], **(extra or {})}
-    return {"experiment": {"name": name, "description": "DWM-Wan LoRA trained with ComfyUI-DWM's trainer."},
+    return {"experiment": {"name": name, "description": description},
             "pipeline": {"type": PIPELINE, "base_model_name_or_path": os.path.abspath(base)},
             "transformer": {"class": "WanTransformer3DModelWithConcat", "condition_channels": HAND_CHANNELS},
             "training": training}

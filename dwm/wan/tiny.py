@@ -14,12 +14,11 @@ import math
 import os
 
 import torch
-import yaml
 from safetensors.torch import save_file
 
 from ..atomic import atomic_dir
-from .checkpoint import NON_LORA_FILE, WAN_LORA_FILE
-from .model import read_wan_config, read_wan_state_dict
+from .export import experiment_config, save_wan_release
+from .model import HAND_CHANNELS, read_wan_config, read_wan_state_dict
 from .text import umt5_to_wan
 from .vae import diffusers_to_wan_vae
 
@@ -31,7 +30,6 @@ TINY_UMT5 = dict(d_kv=8, num_heads=2, d_ff=16, num_layers=2)  # d_model is the t
 TINY_VAE_DIM = 2  # 1 also loads in both, but RMS norms over one channel keep only signs
 CLIP_DIM = 1280  # open-clip ViT-H features, fixed whatever the transformer's width
 PATCH = (1, 2, 2)
-HAND_CHANNELS = 16
 TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
 VAE_FILE = "Wan2.1_VAE.pth"
 UMT5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -137,26 +135,18 @@ def make_tiny_wan_release(base: str, out: str, seed: int = 0) -> str:
     lora = {}
     for key in sorted(k for k, v in state.items() if k.endswith(".weight") and v.ndim == 2):
         out_features, in_features = state[key].shape
-        flat = "lora_unet__" + key[: -len(".weight")].replace(".", "_")
-        lora[f"{flat}.lora_down.weight"] = torch.randn(RELEASE_RANK, in_features, generator=g) / math.sqrt(in_features)
-        lora[f"{flat}.lora_up.weight"] = torch.randn(out_features, RELEASE_RANK, generator=g) * 0.05
-        lora[f"{flat}.alpha"] = torch.tensor(RELEASE_ALPHA)
+        down = torch.randn(RELEASE_RANK, in_features, generator=g) / math.sqrt(in_features)
+        lora[key[: -len(".weight")]] = (down, torch.randn(out_features, RELEASE_RANK, generator=g) * 0.05,
+                                        RELEASE_ALPHA)
     weight, bias = state["patch_embedding.weight"].float(), state["patch_embedding.bias"].float()
     hands = torch.randn((weight.shape[0], HAND_CHANNELS, *weight.shape[2:]), generator=g) * 0.05
-    patch = {"patch_embedding.weight": torch.cat([weight + torch.randn(weight.shape, generator=g) * 0.02, hands], 1),
-             "patch_embedding.bias": bias + torch.randn(bias.shape, generator=g) * 0.02}
-    experiment = {
-        "experiment": {"name": "dwm_wan_tiny_lora", "description": "Tiny random Wan2.1-Fun-InP hand-concat LoRA."},
-        "pipeline": {"type": "wan2.1_fun_inp_hand_concat", "base_model_name_or_path": os.path.abspath(base)},
-        "transformer": {"class": "WanTransformer3DModelWithConcat", "condition_channels": HAND_CHANNELS},
-        "training": {"mode": "lora", "lora_rank": RELEASE_RANK, "lora_alpha": RELEASE_ALPHA,
-                     "trainable_parameter_patterns": ["patch_embedding"],
-                     "custom_settings": {"mixed_precision": "bf16"}}}
+    patch = {"weight": torch.cat([weight + torch.randn(weight.shape, generator=g) * 0.02, hands], 1),
+             "bias": bias + torch.randn(bias.shape, generator=g) * 0.02}
+    experiment = experiment_config("dwm_wan_tiny_lora", base, RELEASE_RANK, RELEASE_ALPHA,
+                                   {"custom_settings": {"mixed_precision": "bf16"}},
+                                   "Tiny random Wan2.1-Fun-InP hand-concat LoRA.")
     with atomic_dir(out) as tmp:
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in lora.items()}, os.path.join(tmp, WAN_LORA_FILE))
-        save_file({k: v.to(torch.bfloat16) for k, v in patch.items()}, os.path.join(tmp, NON_LORA_FILE))
-        with open(os.path.join(tmp, RELEASE_YAML), "w", encoding="utf-8") as fh:
-            yaml.safe_dump(experiment, fh, sort_keys=False)
+        save_wan_release(tmp, lora, patch, experiment, yaml_name=RELEASE_YAML)
     return out
 
 
