@@ -66,10 +66,11 @@ def atomic_dir(path: str):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def clean_stale_temporaries(folder: str, before: float, suffix: str = ".mp4") -> list[str]:
+def clean_stale_temporaries(folder: str, before: float, suffix: str | None = ".mp4") -> list[str]:
     """Remove the temporary files :func:`atomic_path` left in ``folder`` (a killed run) last modified
-    before ``before`` (the current run's start, so a concurrent writer's file in flight is kept)."""
-    pattern = re.compile(STALE_NAME + re.escape(suffix) + "$")
+    before ``before`` (the current run's start, so a concurrent writer's file in flight is kept);
+    ``suffix`` None: whatever their extension."""
+    pattern = re.compile(STALE_NAME + (re.escape(suffix) if suffix is not None else r"\.[^.]+") + "$")
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):

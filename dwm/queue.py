@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -362,8 +361,7 @@ def main(argv=None) -> int:
         check_server(comfy, wf)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for suffix in {os.path.splitext(p)[1] for p in os.listdir(out)} - {""}:  # what a kill left
-            clean_stale_temporaries(str(out), started, suffix)
+        clean_stale_temporaries(str(out), started, suffix=None)  # what a killed run left half-written
     except (UsageError, DWMError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
