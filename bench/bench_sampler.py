@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from dwm.cogvideox.decode import decode_latents
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.sampler import SamplerSettings, dwm_model_input, initial_noise, rotary_embedding, sample
-from dwm.cogvideox.scene import SceneLatents
-from dwm.cogvideox.text import encode_prompt
-from dwm.cogvideox.tiny import default_tiny_model
+from comfyui_dwm.cogvideox.decode import decode_latents
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.cogvideox.sampler import SamplerSettings, dwm_model_input, initial_noise, rotary_embedding, sample
+from comfyui_dwm.cogvideox.scene import SceneLatents
+from comfyui_dwm.cogvideox.text import encode_prompt
+from comfyui_dwm.cogvideox.tiny import default_tiny_model
 
 
 def plain_loop(base, scene, positive, negative, steps: int, guidance: float, seed: int) -> torch.Tensor:

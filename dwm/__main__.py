@@ -1,4 +1,4 @@
-"""``python -m dwm``: see dwm/cli.py."""
+"""``python -m comfyui_dwm``: see dwm/cli.py."""
 
 import sys
 

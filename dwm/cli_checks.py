@@ -1,4 +1,4 @@
-"""What ``python -m dwm`` checks before it loads a model: the flags that belong together, the numbers
+"""What ``python -m comfyui_dwm`` checks before it loads a model: the flags that belong together, the numbers
 (by the rules of dwm/frames.py), the model and LoRA paths, every input video and every output folder.
 
 Each problem is one :class:`DWMError` named by its flag, so a typo costs seconds, not a model load.

@@ -1,4 +1,4 @@
-"""Score generated videos against ground truth: ``python -m dwm.evaluate --pred DIR --gt DIR``.
+"""Score generated videos against ground truth: ``python -m comfyui_dwm.evaluate --pred DIR --gt DIR``.
 
 Videos are paired by file stem (``pred/00055.mp4`` <-> ``gt/00055.mp4``). A prediction of another size
 is scaled to cover the ground truth's size and centre-cropped (``dwm.frames.resize_cover``), and both
@@ -90,7 +90,7 @@ def write_tables(rows: list[dict], out_dir: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dwm.evaluate", allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m comfyui_dwm.evaluate", allow_abbrev=False,
                                      description="PSNR/SSIM (and LPIPS/DreamSim when available) of videos")
     parser.add_argument("--pred", required=True, help="folder of generated videos")
     parser.add_argument("--gt", required=True, help="folder of ground-truth videos with the same names")

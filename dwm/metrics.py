@@ -1,4 +1,4 @@
-"""Video quality metrics against ground truth, for validation and ``python -m dwm.evaluate``.
+"""Video quality metrics against ground truth, for validation and ``python -m comfyui_dwm.evaluate``.
 
 Videos are ``[F, H, W, 3]`` float in [0, 1] of the same shape; every metric is computed per frame and
 averaged over frames. PSNR is capped at ``PSNR_CAP`` dB so identical videos give a finite, sortable

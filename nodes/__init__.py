@@ -1,7 +1,8 @@
-"""ComfyUI nodes for Dexterous World Models: thin adapters over the ``dwm`` engine.
+"""ComfyUI nodes for Dexterous World Models: thin adapters over the engine, ``comfyui_dwm``.
 
-The engine sits next to this package; the pack folder is put on ``sys.path`` (appended, so nothing
-of the host is shadowed) because ComfyUI imports a pack by file path and never installs it.
+ComfyUI imports a pack by file path and never installs it, so the engine folder beside this package
+(``dwm/``) is registered under its installed name, ``comfyui_dwm``, unless that is already imported.
+Nothing is put on ``sys.path``: no module of the host, or of another pack, can be shadowed.
 
 Every node uses the host's V3 schema (``comfy_api.latest``) and registers through one path,
 ``comfy_entrypoint`` (the host ignores it when a pack also has NODE_CLASS_MAPPINGS). It exists only
@@ -14,9 +15,26 @@ import importlib.util
 import os
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.append(_ROOT)
+ENGINE = "comfyui_dwm"
+
+
+def _register_engine() -> None:
+    """Import the engine shipped with this pack as ``comfyui_dwm`` (an installed copy may be older)."""
+    if ENGINE in sys.modules:
+        return
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dwm")
+    spec = importlib.util.spec_from_file_location(ENGINE, os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[ENGINE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[ENGINE]
+        raise
+
+
+_register_engine()
 
 
 def _has_v3_schema() -> bool:

@@ -11,9 +11,9 @@ import shutil
 import pytest
 import torch
 
-from dwm.cogvideox.checkpoint import DWMCheckpoint
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.tiny import make_tiny_model
+from comfyui_dwm.cogvideox.checkpoint import DWMCheckpoint
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.cogvideox.tiny import make_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -74,7 +74,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def wan_base_dir(tmp_path_factory):
     """The tiny Wan2.1-Fun InP base (VideoX-Fun layout) the reference velocities were made on."""
-    from dwm.wan.tiny import make_tiny_wan_base
+    from comfyui_dwm.wan.tiny import make_tiny_wan_base
 
     return make_tiny_wan_base(str(tmp_path_factory.mktemp("wan") / "tiny-wan21-fun-inp"), seed=WAN_BASE_SEED)
 

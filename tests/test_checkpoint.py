@@ -12,12 +12,12 @@ from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from conftest import INTEROP, expect_log, random_checkpoint
-from dwm.cogvideox.checkpoint import (check_fits, full_parameter, load_checkpoint, save_checkpoint_file,
+from comfyui_dwm.cogvideox.checkpoint import (check_fits, full_parameter, load_checkpoint, save_checkpoint_file,
                                       save_reference_folder)
-from dwm.errors import DWMError
-from dwm.cogvideox.lora import activate
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.cogvideox.lora import activate
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -209,7 +209,7 @@ def apply_full(base, ckpt) -> None:
 
 
 def test_full_finetune_transformer_folder(tiny_dir, base15, tmp_path):
-    from dwm.cogvideox.model import load_base
+    from comfyui_dwm.cogvideox.model import load_base
 
     expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path / "full", max_shard_size="200KB")
     assert len([f for f in os.listdir(tmp_path / "full" / "transformer") if f.endswith(".safetensors")]) > 1
@@ -245,7 +245,7 @@ def test_full_finetune_transformer_folder(tiny_dir, base15, tmp_path):
 
 
 def test_full_finetune_with_peft_wrapped_modules(tiny_dir, tmp_path):
-    from dwm.cogvideox.model import load_base
+    from comfyui_dwm.cogvideox.model import load_base
 
     expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path)
     base = load_base(tiny_dir["1.1"], "fp32")
@@ -299,7 +299,7 @@ def test_interop_wan_release_refused_as_wan():
 
 
 def test_full_finetune_activates_at_strength_and_unloads(tiny_dir, tmp_path):
-    from dwm.cogvideox.model import load_base
+    from comfyui_dwm.cogvideox.model import load_base
 
     expected = finetune(load_base(tiny_dir["1.1"], "fp32"), tmp_path)
     base = load_base(tiny_dir["1.1"], "fp32")

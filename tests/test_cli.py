@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import INTEROP, REPO
-from dwm.cli import SCHEDULER_NAMES, HelpFormatter, build_parser, main, parse_lora
-from dwm.video_io import read_video, write_video
+from comfyui_dwm.cli import SCHEDULER_NAMES, HelpFormatter, build_parser, main, parse_lora
+from comfyui_dwm.video_io import read_video, write_video
 
 STAGES = ["[load]", "[encode]", "[sample]", "[decode]", "[write]", "[done]"]
 
@@ -30,17 +30,17 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def test_help_imports_no_heavy_module():
     """--help answers before torch, diffusers or PyAV load (it took seconds when they loaded first)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "dwm", "generate", "--help"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "comfyui_dwm", "generate", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "usage: python -m dwm generate" in done.stdout
+    assert done.returncode == 0 and "usage: python -m comfyui_dwm generate" in done.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
-    assert "dwm.cli" in imported and not imported & {"torch", "diffusers", "transformers", "av", "numpy"}
+    assert "comfyui_dwm.cli" in imported and not imported & {"torch", "diffusers", "transformers", "av", "numpy"}
 
 
 def test_every_option_has_help_a_shown_default_and_a_dashed_name():
-    formatter = HelpFormatter("python -m dwm")
+    formatter = HelpFormatter("python -m comfyui_dwm")
     for name, parser in subcommands().items():
-        assert parser.prog == f"python -m dwm {name}" and not parser.allow_abbrev
+        assert parser.prog == f"python -m comfyui_dwm {name}" and not parser.allow_abbrev
         for action in parser._actions:
             if not action.option_strings or action.dest == "help":
                 continue
@@ -52,7 +52,7 @@ def test_every_option_has_help_a_shown_default_and_a_dashed_name():
 
 
 def test_scheduler_names_match_the_sampler():
-    from dwm.cogvideox.sampler import SCHEDULERS
+    from comfyui_dwm.cogvideox.sampler import SCHEDULERS
 
     assert SCHEDULER_NAMES == tuple(sorted(SCHEDULERS))
 
@@ -70,7 +70,7 @@ def test_demo_runs_shows_each_stage_and_says_the_model_is_random(tmp_path, monke
     monkeypatch.setenv("DWM_CACHE", str(tmp_path / "cache"))
     assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2"]) == 0
     out, err = capsys.readouterr()
-    assert "RANDOM-WEIGHT" in out and "python -m dwm generate" in out
+    assert "RANDOM-WEIGHT" in out and "python -m comfyui_dwm generate" in out
     where = [err.index(stage) for stage in STAGES]
     assert where == sorted(where), err
     bar = err[where[2]:where[3]]  # the step bar opens when sampling starts and stays on screen at the end

@@ -1,4 +1,4 @@
-"""Failure paths of ``python -m dwm``: every bad input is refused in one line BEFORE a model loads, writes
+"""Failure paths of ``python -m comfyui_dwm``: every bad input is refused in one line BEFORE a model loads, writes
 fail in one line and leave nothing half-written, a dataset run loses no comparison to a kill, and Ctrl-C
 or SIGTERM ends in one line whatever signal disposition the process inherited."""
 
@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from conftest import REPO
-from dwm.cli import main
-from dwm.cogvideox import checkpoint as cog_checkpoint
-from dwm.cogvideox import model as cog_model
-from dwm.cogvideox import pipeline as cog_pipeline
-from dwm.video_io import read_video, write_video
-from dwm.wan import checkpoint as wan_checkpoint
-from dwm.wan import model as wan_model
-from dwm.wan import pipeline as wan_pipeline
+from comfyui_dwm.cli import main
+from comfyui_dwm.cogvideox import checkpoint as cog_checkpoint
+from comfyui_dwm.cogvideox import model as cog_model
+from comfyui_dwm.cogvideox import pipeline as cog_pipeline
+from comfyui_dwm.video_io import read_video, write_video
+from comfyui_dwm.wan import checkpoint as wan_checkpoint
+from comfyui_dwm.wan import model as wan_model
+from comfyui_dwm.wan import pipeline as wan_pipeline
 
 LOADERS = [(cog_model, "load_base"), (wan_model, "load_wan_base"), (cog_checkpoint, "load_checkpoint"),
            (wan_checkpoint, "load_wan_release")]
@@ -197,9 +197,9 @@ def test_read_only_output_is_refused_before_load(files, tmp_path, read_only_dir,
 
 
 def test_full_disk_is_refused_before_load(files, tmp_path, no_load, capsys, monkeypatch):
-    import dwm.cli_checks
+    from comfyui_dwm import cli_checks
 
-    monkeypatch.setattr(dwm.cli_checks, "disk_full", lambda folder: True)
+    monkeypatch.setattr(cli_checks, "disk_full", lambda folder: True)
     one_line_error(capsys, 2, "--out: no space left on the disk", main(one_input(files, tmp_path)))
 
 
@@ -280,7 +280,7 @@ def test_signal_while_sampling_is_one_line(signum, code, files, tmp_path, fake_m
 
 def test_ctrl_c_in_a_real_run_started_with_sigint_ignored(tiny_dir, files, tmp_path):
     """A real process, SIGINT ignored by inheritance (as a backgrounded test run starts it): exit 130, one line."""
-    argv = [sys.executable, "-m", "dwm"] + one_input(files, tmp_path, **{"--model": tiny_dir["1.1"], "--steps": "1000"})
+    argv = [sys.executable, "-m", "comfyui_dwm"] + one_input(files, tmp_path, **{"--model": tiny_dir["1.1"], "--steps": "1000"})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child inherits it
     try:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import available_samples, write_data_root
-from dwm.cli import main
-from dwm.cogvideox.pipeline import generate
-from dwm.cogvideox.sampler import SamplerSettings
-from dwm.dataset import Sample, read_prompt
-from dwm.video_io import read_video, write_video
+from comfyui_dwm.cli import main
+from comfyui_dwm.cogvideox.pipeline import generate
+from comfyui_dwm.cogvideox.sampler import SamplerSettings
+from comfyui_dwm.dataset import Sample, read_prompt
+from comfyui_dwm.video_io import read_video, write_video
 
 
 @pytest.mark.parametrize("sample", available_samples())

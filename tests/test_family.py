@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dwm.errors import DWMError
-from dwm.family import base_family, lora_family
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.family import base_family, lora_family
 
 from conftest import INTEROP
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from conftest import random_checkpoint
 
-from dwm.cogvideox.decode import decode_latents
-from dwm.cogvideox.lora import activate
+from comfyui_dwm.cogvideox.decode import decode_latents
+from comfyui_dwm.cogvideox.lora import activate
 
 
 def test_strength_one_installs_the_checkpoint_projection_bit_for_bit(base11):

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from dwm.evaluate import main
-from dwm.metrics import PSNR_CAP, all_metrics, psnr, psnr_frames, ssim
-from dwm.video_io import write_video
+from comfyui_dwm.evaluate import main
+from comfyui_dwm.metrics import PSNR_CAP, all_metrics, psnr, psnr_frames, ssim
+from comfyui_dwm.video_io import write_video
 
 
 def video(seed=0, frames=3, h=32, w=40):

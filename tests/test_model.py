@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers import CogVideoXTransformer3DModel
 
-from dwm.errors import DWMError
-from dwm.cogvideox.model import DWM_CHANNELS, load_base
-from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.cogvideox.model import DWM_CHANNELS, load_base
+from comfyui_dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
 
 
 def _forward(transformer, hidden, text, frames_h_w):

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conftest import random_checkpoint, random_frames  # noqa: E402
-from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder  # noqa: E402
-from dwm.errors import DWMError  # noqa: E402
+from comfyui_dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder  # noqa: E402
+from comfyui_dwm.errors import DWMError  # noqa: E402
 from nodes import host  # noqa: E402
 from nodes.cogvideox import NODE_FUNCTIONS, files  # noqa: E402
 from nodes.cogvideox.sockets import Conditioning, Latents, ModelHandle, Scene  # noqa: E402
@@ -204,8 +204,8 @@ def test_batch_frames_are_concatenated(model, cond, scene):
 
 
 def test_nodes_and_headless_pipeline_give_the_same_video(model, cond, scene, videos, lora_names):
-    from dwm.cogvideox.pipeline import generate
-    from dwm.cogvideox.sampler import SamplerSettings
+    from comfyui_dwm.cogvideox.pipeline import generate
+    from comfyui_dwm.cogvideox.sampler import SamplerSettings
 
     lora_model = run("DWMLoraLoader", model=model, lora=lora_names[0], strength=0.7)
     latents = run("DWMSampler", model=lora_model, conditioning=cond, scene=scene, steps=2, seed=7)
@@ -326,7 +326,7 @@ def test_video_inputs_carry_their_frame_rate_to_the_decoded_video(model, cond, v
 
 def test_compare_labels_panels_and_takes_videos(videos):
     """Each panel carries its label; VIDEO inputs give the same picture and their rate."""
-    from dwm.compare import side_by_side
+    from comfyui_dwm.compare import side_by_side
 
     output = random_frames(9, 96, 96, seed=3)
     side, rate = NODE_FUNCTIONS["DWMCompare"](videos[0], videos[1], output, ground_truth=videos[0])
@@ -353,17 +353,19 @@ pack = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = pack
 spec.loader.exec_module(pack)
 assert not hasattr(pack, "NODE_CLASS_MAPPINGS") and not hasattr(pack, "comfy_entrypoint")
-assert not any(name.startswith(("comfy", "nodes")) or name.endswith(".v3") for name in sys.modules)
+HOST = {{"comfy", "comfy_api", "comfy_extras", "comfy_execution", "nodes"}}
+assert not any(name.split(".")[0] in HOST or name.endswith(".v3") for name in sys.modules)
+assert sys.modules["comfyui_dwm"].__file__ == {engine!r} and {root!r} not in sys.path  # the pack's own engine
 print("ok")
 """
 
 
 def test_pack_imports_without_comfyui_under_any_folder_name(tmp_path):
     """Without ComfyUI the pack imports (no host module, no V3 class) and registers nothing."""
-    code = IMPORT_CHECK.format(root=str(ROOT), init=str(ROOT / "__init__.py"))
+    code = IMPORT_CHECK.format(root=str(ROOT), init=str(ROOT / "__init__.py"), engine=str(ROOT / "dwm" / "__init__.py"))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
     out = subprocess.run([sys.executable, "-c", "import nodes.cogvideox as c, sys; "
-                          "assert not any(m.startswith('comfy') for m in sys.modules); print(len(c.NODE_FUNCTIONS))"],
+                          "assert not any(m.split('.')[0] in ('comfy', 'comfy_api') for m in sys.modules); print(len(c.NODE_FUNCTIONS))"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "7", out.stderr

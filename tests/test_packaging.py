@@ -15,20 +15,26 @@ def setuptools_config() -> dict:
         return tomllib.load(fh)["tool"]["setuptools"]
 
 
-def test_every_package_folder_is_installed():
-    found = {os.path.relpath(folder, REPO).replace(os.sep, ".")
-             for top in ("dwm", "training") for folder, _dirs, files in os.walk(os.path.join(REPO, top))
-             if "__init__.py" in files}
-    listed = set(setuptools_config()["packages"])
+def test_every_package_folder_is_installed_under_one_name():
+    cfg = setuptools_config()
+    folders = {folder: name for name, folder in cfg["package-dir"].items()}
+    found = set()
+    for top in folders:
+        for folder, _dirs, files in os.walk(os.path.join(REPO, top)):
+            if "__init__.py" in files:
+                rel = os.path.relpath(folder, os.path.join(REPO, top))
+                found.add(folders[top] + ("" if rel == "." else "." + rel.replace(os.sep, ".")))
+    listed = set(cfg["packages"])
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+    assert {name.split(".")[0] for name in listed} == {"comfyui_dwm"}  # one top-level name of ours
     assert "nodes" not in listed  # it would shadow ComfyUI's own nodes module
 
 
 def test_the_sample_and_the_configs_are_package_data():
     cfg = setuptools_config()
-    sample = os.path.join(REPO, cfg["package-dir"]["dwm.examples"], "00055")
+    sample = os.path.join(REPO, cfg["package-dir"]["comfyui_dwm.examples"], "00055")
     assert {"static.mp4", "hands.mp4", "ground_truth.mp4", "prompt.txt"} <= set(os.listdir(sample))
-    assert cfg["package-data"]["dwm.examples"] == ["NOTICE", "00055/*"]
-    for pattern in cfg["package-data"]["training"]:
+    assert cfg["package-data"]["comfyui_dwm.examples"] == ["NOTICE", "00055/*"]
+    for pattern in cfg["package-data"]["comfyui_dwm.training"]:
         folder = os.path.join(REPO, "training", os.path.dirname(pattern))
         assert any(f.endswith(".yaml") for f in os.listdir(folder)), pattern

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import random_frames
-from dwm.errors import DWMCancelled, DWMError
-from dwm.cogvideox.sampler import SamplerSettings, sample
-from dwm.cogvideox.scene import encode_scene
-from dwm.cogvideox.text import encode_prompt
+from comfyui_dwm.errors import DWMCancelled, DWMError
+from comfyui_dwm.cogvideox.sampler import SamplerSettings, sample
+from comfyui_dwm.cogvideox.scene import encode_scene
+from comfyui_dwm.cogvideox.text import encode_prompt
 
 
 def scene_for(base, frames: int = 9):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import expect_log, random_frames
-from dwm.errors import DWMError
-from dwm.frames import fit_frame_count, prepare_frames, resize_cover, valid_frame_count
-from dwm.preview import latents_to_rgb
-from dwm.cogvideox.scene import encode_scene
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import fit_frame_count, prepare_frames, resize_cover, valid_frame_count
+from comfyui_dwm.preview import latents_to_rgb
+from comfyui_dwm.cogvideox.scene import encode_scene
 
 
 def test_valid_frame_counts():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import expect_log
-from dwm.cogvideox.text import TEXT_TOKENS, encode_prompt, token_ids
+from comfyui_dwm.cogvideox.text import TEXT_TOKENS, encode_prompt, token_ids
 
 
 def test_empty_prompt_is_eos_then_pads(base11):

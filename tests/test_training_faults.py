@@ -15,10 +15,10 @@ import time
 import pytest
 import torch
 
-from dwm import safety
-from dwm.errors import DWMError
-from training import checkpointing
-from training.train import main, run
+from comfyui_dwm import safety
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.training import checkpointing
+from comfyui_dwm.training.train import main, run
 
 from test_training_fixtures import (config, config_args, load_file_tensors, prepared_data, raw_data,  # noqa: F401
                                     run_cli, tiny_v11)
@@ -31,7 +31,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("training.families.cogvideox.load_base", refuse)
+    monkeypatch.setattr("comfyui_dwm.training.families.cogvideox.load_base", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_folder(tmp_p
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("training.families.cogvideox.save_reference_folder", full)
+    monkeypatch.setattr("comfyui_dwm.training.families.cogvideox.save_reference_folder", full)
     with pytest.raises(DWMError) as info:
         run(config(tiny_v11, prepared_data, out, max_train_steps=2, checkpointing_steps=1, resume="latest"))
     assert str(info.value) == (f"output_dir: no space left on the disk of {out} (writing {out}). Fix: free disk "
@@ -219,9 +219,9 @@ def test_sigterm_saves_and_stops_with_sigint_ignored_and_workers_in_the_group(tm
 
 def test_an_error_in_a_data_loader_worker_is_the_same_one_line_error(tmp_path, tiny_v11, raw_data, monkeypatch,
                                                                     capfd):
-    import training.data
+    import comfyui_dwm.training.data
 
-    real = training.data.read_video
+    real = comfyui_dwm.training.data.read_video
 
     def broken(path, name="video"):  # damage deep in the stream, past the header the probe reads
         if "videos_static" in path and "00013" in path:
@@ -229,7 +229,7 @@ def test_an_error_in_a_data_loader_worker_is_the_same_one_line_error(tmp_path, t
                            "re-export it as H.264 mp4")
         return real(path, name)
 
-    monkeypatch.setattr(training.data, "read_video", broken)  # data-loader workers are forked: they see it
+    monkeypatch.setattr(comfyui_dwm.training.data, "read_video", broken)  # data-loader workers are forked: they see it
     assert main(config_args(tiny_v11, raw_data, str(tmp_path / "run"), max_train_steps=2,
                             dataloader_num_workers=2)) == 1
     err = capfd.readouterr().err
@@ -303,7 +303,7 @@ def test_ctrl_c_in_prepare_is_one_line_and_a_rerun_goes_on(monkeypatch, capsys):
     import signal
     import time
 
-    import training.prepare as prep
+    import comfyui_dwm.training.prepare as prep
 
     def interrupted(*_args):
         os.kill(os.getpid(), signal.SIGINT)

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from dwm.frames import resize_cover
-from dwm.video_io import read_video, write_video
+from comfyui_dwm.frames import resize_cover
+from comfyui_dwm.video_io import read_video, write_video
 
 from conftest import available_samples, sample_files
 
@@ -59,7 +59,7 @@ def raw_data(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def prepared_data(tmp_path_factory, raw_data, tiny_v11) -> str:
     """The same samples with latents and prompt embeddings precomputed by training.prepare."""
-    from training.prepare import prepare
+    from comfyui_dwm.training.prepare import prepare
 
     root = str(tmp_path_factory.mktemp("prepared") / "data")
     shutil.copytree(raw_data, root)
@@ -82,7 +82,7 @@ def config_args(model: str, data: str, out: str, **overrides) -> list[str]:
 
 
 def config(model: str, data: str, out: str, **overrides):
-    from training.config import parse_args
+    from comfyui_dwm.training.config import parse_args
 
     return parse_args(config_args(model, data, out, **overrides))
 
@@ -95,7 +95,7 @@ def run_cli(args: list[str], launcher: list[str] | None = None, dispositions: di
     """Start the trainer with defined signal dispositions (default: SIG_DFL), never the ones pytest
     inherited (a background run ignores SIGINT); ``new_session`` gives it its own process group."""
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", **env_extra)
-    cmd = (launcher or [sys.executable]) + ["-m", "training.train"] + args
+    cmd = (launcher or [sys.executable]) + ["-m", "comfyui_dwm.training.train"] + args
     chosen = {**DEFAULT_DISPOSITIONS, **(dispositions or {})}
 
     def set_dispositions():

@@ -9,16 +9,16 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler
 
-from dwm.cogvideox.checkpoint import load_checkpoint
-from dwm.dataset import read_list
-from dwm.errors import DWMError
-from dwm.cogvideox.lora import activate
-from dwm.cogvideox.model import load_base
-from training import checkpointing
-from training.batch import make_step_inputs
-from training.data import DWMDataset
-from training.loss import training_loss
-from training.train import run
+from comfyui_dwm.cogvideox.checkpoint import load_checkpoint
+from comfyui_dwm.dataset import read_list
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.cogvideox.lora import activate
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.training import checkpointing
+from comfyui_dwm.training.batch import make_step_inputs
+from comfyui_dwm.training.data import DWMDataset
+from comfyui_dwm.training.loss import training_loss
+from comfyui_dwm.training.train import run
 
 from test_training_fixtures import (FRAMES, HEIGHT, WIDTH, config, prepared_data, raw_data,  # noqa: F401
                                     tiny_v11)
@@ -75,7 +75,7 @@ def test_every_checkpoint_exports_loadable_loras_that_change_the_output(overfit_
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, 49, 8, 12, generator=g)
     text = torch.randn(1, 226, 32, generator=g)
-    from dwm.cogvideox.sampler import rotary_embedding
+    from comfyui_dwm.cogvideox.sampler import rotary_embedding
 
     rope = rotary_embedding(base.transformer, 64, 96, 3, "cpu")
 

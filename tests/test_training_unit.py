@@ -9,15 +9,15 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 
-from dwm.errors import DWMError
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
-from training.batch import make_step_inputs
-from training.config import load_config
-from dwm.dataset import read_list
-from training.data import DWMDataset
-from training.lora_setup import make_trainable, trainable_names
-from training.loss import diffusion_loss, training_loss
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.cogvideox.sampler import dwm_model_input, rotary_embedding
+from comfyui_dwm.training.batch import make_step_inputs
+from comfyui_dwm.training.config import load_config
+from comfyui_dwm.dataset import read_list
+from comfyui_dwm.training.data import DWMDataset
+from comfyui_dwm.training.lora_setup import make_trainable, trainable_names
+from comfyui_dwm.training.loss import diffusion_loss, training_loss
 
 from test_training_fixtures import (FRAMES, HEIGHT, REPO, WIDTH, prepared_data, raw_data,  # noqa: F401
                                     tiny_v11, tiny_v15)
@@ -112,7 +112,7 @@ def test_config_defaults_are_the_recipe_and_cli_overrides_every_key():
     assert (cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.gradient_accumulation_steps) == ("cosine_with_restarts", 100, 2)
     assert (cfg.max_train_steps, cfg.seed, cfg.mixed_precision, cfg.gradient_checkpointing) == (15000, 42, "bf16", True)
     assert cfg.lora_target_modules == TARGETS and cfg.prompt_dropout == cfg.hand_dropout == 0
-    from training.config import parse_args
+    from comfyui_dwm.training.config import parse_args
 
     cfg = parse_args(["--lora_rank", "8", "--gradient_checkpointing", "false", "--lora_target_modules", "to_q,to_v"])
     assert (cfg.lora_rank, cfg.gradient_checkpointing, cfg.lora_target_modules) == (8, False, ["to_q", "to_v"])
@@ -204,8 +204,8 @@ def test_on_the_fly_and_precomputed_items_mix_in_one_batch(raw_data, prepared_da
 def test_missing_train_extra_fails_before_training(monkeypatch):
     import importlib.util
 
-    from training.config import TrainConfig
-    from training.train import check_extras
+    from comfyui_dwm.training.config import TrainConfig
+    from comfyui_dwm.training.train import check_extras
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
@@ -215,7 +215,7 @@ def test_missing_train_extra_fails_before_training(monkeypatch):
 
 
 def test_trainer_flags_take_dashes_like_the_cli_and_the_config_spelling(capsys):
-    from training.config import parse_args
+    from comfyui_dwm.training.config import parse_args
 
     base = ["--model", "m", "--train-list", "t.txt", "--output-dir", "out"]
     assert parse_args(base + ["--data-root", "d"]).data_root == "d"

@@ -10,15 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dwm.dataset import read_list
-from dwm.errors import DWMError
-from dwm.wan.checkpoint import load_wan_release
-from dwm.wan.lora import activate
-from dwm.wan.model import load_wan_base, load_wan_transformer
-from training.data import DWMDataset
-from training.families import for_model
-from training.families.wan import WAN_LAYOUT, WanFamily, flow_matching_loss, timestep_range
-from training.train import Trainer
+from comfyui_dwm.dataset import read_list
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.checkpoint import load_wan_release
+from comfyui_dwm.wan.lora import activate
+from comfyui_dwm.wan.model import load_wan_base, load_wan_transformer
+from comfyui_dwm.training.data import DWMDataset
+from comfyui_dwm.training.families import for_model
+from comfyui_dwm.training.families.wan import WAN_LAYOUT, WanFamily, flow_matching_loss, timestep_range
+from comfyui_dwm.training.train import Trainer
 
 from test_training_fixtures import SAMPLES, write_dataset  # noqa: F401
 from test_training_wan_fixtures import (WAN_FRAMES, WAN_HEIGHT, WAN_WIDTH, tiny_wan, wan_config,  # noqa: F401
@@ -60,7 +60,7 @@ def transformer(tiny_wan):
 
 @pytest.mark.parametrize("scale", [1.0, 40.0])  # 40: many errors beyond 50, which the reference drops
 def test_loss_equals_an_independent_computation_of_the_formula(transformer, scale):
-    from dwm.wan.sampler import flow_scheduler
+    from comfyui_dwm.wan.sampler import flow_scheduler
 
     x = wan_inputs(1, scale=scale)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_loss_equals_an_independent_computation_of_the_formula(transformer, scal
 
 
 def test_a_sample_whose_hands_are_dropped_learns_the_static_scene(transformer):
-    from dwm.wan.sampler import flow_scheduler
+    from comfyui_dwm.wan.sampler import flow_scheduler
 
     latents, static, hands, text = wan_inputs(2)
     dropped = torch.tensor([True, False])
@@ -143,7 +143,7 @@ def test_prepare_writes_the_wan_folders_and_the_dataset_reads_them(wan_data, tin
 
 
 def test_prepare_resumes_and_writes_the_same_sample_again(wan_data, tiny_wan, tmp_path):
-    from training.prepare import prepare
+    from comfyui_dwm.training.prepare import prepare
 
     root = str(tmp_path / "data")
     shutil.copytree(wan_data, root)
@@ -168,7 +168,7 @@ def test_a_wan_model_that_is_not_fun_inp_is_refused_before_loading(tmp_path, wan
 
     (tmp_path / "t2v").mkdir()
     (tmp_path / "t2v" / "config.json").write_text(json.dumps({"model_type": "t2v", "in_dim": 16, "dim": 8}))
-    from training.train import run
+    from comfyui_dwm.training.train import run
 
     with pytest.raises(DWMError, match=r"^model: .*t2v.*in_dim 16"):
         run(wan_config(str(tmp_path / "t2v"), wan_data, str(tmp_path / "out")))
@@ -187,7 +187,7 @@ def overfit(tmp_path_factory, tiny_wan, wan_data):
 @torch.no_grad()
 def fixed_loss(transformer, data_root, repeats=6) -> float:
     """The objective on one prepared sample at fixed timesteps and noise (the same for every model)."""
-    from dwm.wan.sampler import flow_scheduler, pad_text
+    from comfyui_dwm.wan.sampler import flow_scheduler, pad_text
 
     item = DWMDataset(read_list(data_root, "one.txt"), WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES, 4096, WAN_LAYOUT)[0]
     x = [item[k].unsqueeze(0) for k in ("video", "static", "hands")] + [pad_text(item["prompt"].unsqueeze(0))]
@@ -229,7 +229,7 @@ def test_every_checkpoint_is_a_release_folder_with_the_live_models_velocity(over
 
 
 def test_training_from_raw_videos_encodes_them_on_the_fly(tmp_path, tiny_wan, wan_raw):
-    from training.train import run
+    from comfyui_dwm.training.train import run
 
     result = run(wan_config(tiny_wan, wan_raw, str(tmp_path / "raw"), max_train_steps=1, checkpointing_steps=1,
                             prompt_dropout=0.5, hand_dropout=0.5))
@@ -247,7 +247,7 @@ def test_the_reference_inference_gives_a_trained_export_our_velocity(tiny_wan):
 
     from safetensors import safe_open
 
-    from dwm.wan.sampler import pad_text
+    from comfyui_dwm.wan.sampler import pad_text
 
     path = os.path.join(FIXTURES, "wan_trained_reference_velocity.safetensors")
     with safe_open(path, "pt") as fh:

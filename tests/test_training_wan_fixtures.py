@@ -15,7 +15,7 @@ WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES = 64, 48, 9
 
 @pytest.fixture(scope="session")
 def tiny_wan(tmp_path_factory) -> str:
-    from dwm.wan.tiny import make_tiny_wan_base
+    from comfyui_dwm.wan.tiny import make_tiny_wan_base
 
     return make_tiny_wan_base(str(tmp_path_factory.mktemp("wan") / "tiny-wan21-fun-inp"))
 
@@ -23,7 +23,7 @@ def tiny_wan(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def wan_data(tmp_path_factory, tiny_wan) -> str:
     """Videos, prompts and their precomputed Wan latents / umT5 embeddings."""
-    from training.prepare import prepare
+    from comfyui_dwm.training.prepare import prepare
 
     root = write_dataset(str(tmp_path_factory.mktemp("wan_data") / "data"))
     assert prepare(root, "train.txt", tiny_wan, WAN_WIDTH, WAN_HEIGHT, WAN_FRAMES, "fp32") == []
@@ -52,6 +52,6 @@ def wan_args(model: str, data: str, out: str, **overrides) -> list[str]:
 
 
 def wan_config(model: str, data: str, out: str, **overrides):
-    from training.config import parse_args
+    from comfyui_dwm.training.config import parse_args
 
     return parse_args(wan_args(model, data, out, **overrides))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import random_frames
-from dwm.atomic import TEMP_PREFIX, atomic_path, clean_stale_temporaries
-from dwm.compare import PANEL_LABELS, side_by_side
-from dwm.errors import DWMError
-from dwm.video_io import probe_video, read_video, write_video
+from comfyui_dwm.atomic import TEMP_PREFIX, atomic_path, clean_stale_temporaries
+from comfyui_dwm.compare import PANEL_LABELS, side_by_side
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.video_io import probe_video, read_video, write_video
 
 
 def test_round_trip_keeps_frames_size_and_fps(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dwm.errors import DWMError
-from dwm.wan.checkpoint import (NON_LORA_FILE, WAN_LORA_FILE, WanRelease, blend_patch_embedding,
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.checkpoint import (NON_LORA_FILE, WAN_LORA_FILE, WanRelease, blend_patch_embedding,
                                 load_wan_release, resolve_module, wan_module_names)
 
 from conftest import INTEROP

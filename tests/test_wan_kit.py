@@ -10,14 +10,14 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import INTEROP, SHARED_WAN_BASE, WAN_BASE_SEED, expect_log, extras, random_frames
-from dwm.cogvideox.tiny import tiny_t5_tokenizer
-from dwm.errors import DWMError
-from dwm.frames import prepare_frames
-from dwm.wan import tiny
-from dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE
-from dwm.wan.scene import encode_wan_scene
-from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder, prompt_ids, umt5_to_wan
-from dwm.wan.vae import WAN22_KEY, decode_wan_latents, diffusers_to_wan_vae, encode_wan_video, load_wan_vae
+from comfyui_dwm.cogvideox.tiny import tiny_t5_tokenizer
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import prepare_frames
+from comfyui_dwm.wan import tiny
+from comfyui_dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE
+from comfyui_dwm.wan.scene import encode_wan_scene
+from comfyui_dwm.wan.text import encode_wan_prompt, load_wan_text_encoder, prompt_ids, umt5_to_wan
+from comfyui_dwm.wan.vae import WAN22_KEY, decode_wan_latents, diffusers_to_wan_vae, encode_wan_video, load_wan_vae
 
 WAN_RELEASE = os.path.join(INTEROP, "reference-wan-lora")
 
@@ -166,8 +166,8 @@ def test_scene_rejects_bad_inputs(vae, kwargs, match):
 
 
 def test_tiny_base_is_a_complete_wan_i2v_folder(base):
-    from dwm.family import base_family
-    from dwm.wan.model import read_wan_config
+    from comfyui_dwm.family import base_family
+    from comfyui_dwm.wan.model import read_wan_config
 
     for name in ("config.json", tiny.TRANSFORMER_FILE, tiny.VAE_FILE, tiny.UMT5_FILE,
                  os.path.join(tiny.TOKENIZER_DIR, "tokenizer_config.json")):
@@ -199,7 +199,7 @@ def test_tiny_base_has_the_shapes_the_reference_written_kits_need(base, kit):
         shapes = {k: v.shape for k, v in load_file(os.path.join(kit, tiny.TRANSFORMER_FILE)).items()}
         assert set(shapes) == set(state)
     else:
-        from dwm.wan.checkpoint import load_wan_release
+        from comfyui_dwm.wan.checkpoint import load_wan_release
 
         lora = load_wan_release(kit).lora
         shapes = {f"{m}.weight": (up.shape[0], down.shape[1]) for m, (down, up, _) in lora.items()}
@@ -208,7 +208,7 @@ def test_tiny_base_has_the_shapes_the_reference_written_kits_need(base, kit):
 
 
 def test_tiny_release_in_the_reference_format(base, tmp_path):
-    from dwm.wan.checkpoint import load_wan_release
+    from comfyui_dwm.wan.checkpoint import load_wan_release
 
     out = tiny.make_tiny_wan_release(base, str(tmp_path / "release"), seed=1)
     lora = load_file(os.path.join(out, WAN_LORA_FILE))

@@ -15,13 +15,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import INTEROP
-from dwm.errors import DWMError
-from dwm.wan.checkpoint import WanRelease, load_wan_release
-from dwm.wan.lora import activate, diffusers_module_name
-from dwm.wan.model import (diffusers_config, load_wan_base, load_wan_transformer, read_wan_config,
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.checkpoint import WanRelease, load_wan_release
+from comfyui_dwm.wan.lora import activate, diffusers_module_name
+from comfyui_dwm.wan.model import (diffusers_config, load_wan_base, load_wan_transformer, read_wan_config,
                            read_wan_state_dict, wan_model_input)
-from dwm.wan.sampler import pad_text
-from dwm.wan.tiny import TINY_CONFIG
+from comfyui_dwm.wan.sampler import pad_text
+from comfyui_dwm.wan.tiny import TINY_CONFIG
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "fixtures", "wan_reference_velocity.safetensors")

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dwm.errors import DWMCancelled, DWMError
-from dwm.wan.model import WanBase, load_wan_base
-from dwm.wan.sampler import WanSettings, pad_text, sample
-from dwm.wan.scene import WanScene
+from comfyui_dwm.errors import DWMCancelled, DWMError
+from comfyui_dwm.wan.model import WanBase, load_wan_base
+from comfyui_dwm.wan.sampler import WanSettings, pad_text, sample
+from comfyui_dwm.wan.scene import WanScene
 
 LATENT = (1, 16, 2, 4, 6)
 

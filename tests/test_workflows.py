@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from conftest import CORE_OBJECT_INFO, SHARED_OBJECT_INFO, extras  # noqa: E402
-from dwm.queue_jobs import find_targets  # noqa: E402
-from dwm.workflow_schema import (FRONTEND_ONLY, check_api, check_pair, load_schemas, recorded_entry,  # noqa: E402
+from comfyui_dwm.queue_jobs import find_targets  # noqa: E402
+from comfyui_dwm.workflow_schema import (FRONTEND_ONLY, check_api, check_pair, load_schemas, recorded_entry,  # noqa: E402
                                  ui_to_api, ui_widget_slots)
 
 # The full recording of the host (shared/, optional) when present, else the shipped copy trimmed to the node
@@ -76,7 +76,7 @@ def test_workflow_fits_schemas_and_its_api_twin(name, schemas):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_has_queue_targets(name):
-    """dwm.queue finds the videos, the prompt and the seed (a sampler, or a shared seed node) by title."""
+    """comfyui_dwm.queue finds the videos, the prompt and the seed (a sampler, or a shared seed node) by title."""
     wf = load(name, api=True)
     targets = find_targets(wf, [])
     assert {"static_video", "hand_video", "prompt", "sampler"} <= set(targets)

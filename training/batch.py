@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from dwm.cogvideox.model import DWMBase
-from dwm.cogvideox.text import encode_prompt
+from comfyui_dwm.cogvideox.model import DWMBase
+from comfyui_dwm.cogvideox.text import encode_prompt
 
 PIXEL_CHANNELS = 3
 

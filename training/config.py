@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from dwm.errors import DWMError
-from dwm.frames import check_num_frames, check_size
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import check_num_frames, check_size
 
 # diffusers' get_scheduler names that need nothing beyond warmup steps and cycles
 LR_SCHEDULERS = ("cosine_with_restarts", "cosine", "linear", "polynomial", "constant", "constant_with_warmup")
@@ -143,12 +143,12 @@ def load_config(path: str | None, overrides: dict | None = None) -> TrainConfig:
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """``--config FILE`` plus one ``--<key> VALUE`` flag per config field."""
-    parser = argparse.ArgumentParser(prog="accelerate launch -m training.train", allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="accelerate launch -m comfyui_dwm.training.train", allow_abbrev=False,
                                      description="Train a DWM LoRA (see docs/training.md)")
     parser.add_argument("--config", default=None, help="YAML file with config keys")
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else None
-        # Dashes as in `python -m dwm` (--data-root); the config's own key spelling is accepted too.
+        # Dashes as in `python -m comfyui_dwm` (--data-root); the config's own key spelling is accepted too.
         flags = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])
         parser.add_argument(*flags, dest=f.name, default=None,
                             help=f"({f.type}) overrides the config file (default {default!r})")

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from dwm.dataset import LATENT_DIRS, PROMPT_EMBED_DIR, VIDEO_DIRS, Sample, read_prompt
-from dwm.errors import DWMError
-from dwm.frames import prepare_frames
-from dwm.cogvideox.model import LATENT_CHANNELS
-from dwm.cogvideox.text import TEXT_TOKENS
-from dwm.video_io import probe_video, read_video
+from comfyui_dwm.dataset import LATENT_DIRS, PROMPT_EMBED_DIR, VIDEO_DIRS, Sample, read_prompt
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import prepare_frames
+from comfyui_dwm.cogvideox.model import LATENT_CHANNELS
+from comfyui_dwm.cogvideox.text import TEXT_TOKENS
+from comfyui_dwm.video_io import probe_video, read_video
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def load_tensor(sample: Sample, path: str, mmap: bool = False) -> torch.Tensor:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise sample.error(f"cannot read {path} ({type(err).__name__}: {err})",
-                           "delete the file and run `python -m training.prepare` again") from err
+                           "delete the file and run `python -m comfyui_dwm.training.prepare` again") from err
 
 
 def check_shape(sample: Sample, path: str, tensor, expected: tuple, what: str, fix: str,
@@ -122,14 +122,14 @@ class DWMDataset(Dataset):
         return check_shape(sample, path, load_tensor(sample, path, mmap), expected,
                            f"{self.layout.what} of {self.num_frames} frames at "
                            f"{self.width}x{self.height}",
-                           "run `python -m training.prepare` with the same --width/--height/--num-frames "
+                           "run `python -m comfyui_dwm.training.prepare` with the same --width/--height/--num-frames "
                            "(delete the stale .pt files first), or train at the size they were made for")
 
     def _embeds(self, sample: Sample, mmap: bool = False) -> torch.Tensor:
         path = self.layout.prompt_embeds(sample)
         return check_shape(sample, path, load_tensor(sample, path, mmap), (self.layout.text_tokens, self.text_dim),
                            f"{self.layout.encoder} embedding of the loaded base", "the embeddings come from another "
-                           "text encoder: run `python -m training.prepare` with this base (delete the old "
+                           "text encoder: run `python -m comfyui_dwm.training.prepare` with this base (delete the old "
                            f"{os.path.basename(os.path.dirname(path))}/)", self.layout.max_tokens)
 
     def _probe(self, sample: Sample, key: str) -> None:

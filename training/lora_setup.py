@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
-from dwm.cogvideox.checkpoint import DWMCheckpoint
-from dwm.cogvideox.model import DWMBase
+from comfyui_dwm.cogvideox.checkpoint import DWMCheckpoint
+from comfyui_dwm.cogvideox.model import DWMBase
 
 ADAPTER = "default"
 PROJ = "patch_embed.proj."

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from dwm.cogvideox.sampler import VAE_SPATIAL, dwm_model_input, pad_frames, rotary_embedding, temporal_padding
+from comfyui_dwm.cogvideox.sampler import VAE_SPATIAL, dwm_model_input, pad_frames, rotary_embedding, temporal_padding
 
 
 def diffusion_loss(scheduler, v: torch.Tensor, noisy: torch.Tensor, latents: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Loss curve: ``python -m training.plot OUTPUT_DIR`` (also written at the end of training).
+"""Loss curve: ``python -m comfyui_dwm.training.plot OUTPUT_DIR`` (also written at the end of training).
 
 Reads ``<output_dir>/logs/loss.csv`` (step, loss, lr, samples_per_s; one row per optimizer step, kept
 across resumes) and writes ``loss.png`` beside it: the raw loss and a moving average, log scale.

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from dwm.cogvideox.model import BASE_CHANNELS, COMPONENTS, DWM_CHANNELS
-from dwm.dataset import Sample, VIDEO_DIRS, read_list
-from dwm.errors import DWMError
-from dwm.safety import check_writable
-from dwm.video_io import probe_video
+from comfyui_dwm.cogvideox.model import BASE_CHANNELS, COMPONENTS, DWM_CHANNELS
+from comfyui_dwm.dataset import Sample, VIDEO_DIRS, read_list
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.safety import check_writable
+from comfyui_dwm.video_io import probe_video
 
 from .config import TrainConfig
 from .data import DWMDataset

@@ -1,6 +1,6 @@
 """Precompute VAE latents and T5 prompt embeddings in the reference layout.
 
-``[accelerate launch] python -m training.prepare --data-root R --list L --model M``
+``[accelerate launch] python -m comfyui_dwm.training.prepare --data-root R --list L --model M``
 
 The family is read from the base's configs. For a CogVideoX-Fun base it writes, per sample,
 ``video_latents/``, ``static_video_latents/``, ``hand_video_latents/`` (the VAE's latent distribution
@@ -25,12 +25,12 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from dwm.atomic import atomic_path
-from dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
-from dwm.errors import DWMError
-from dwm.frames import prepare_frames
-from dwm.safety import Interrupted, stop_on_signals
-from dwm.video_io import read_video
+from comfyui_dwm.atomic import atomic_path
+from comfyui_dwm.dataset import VIDEO_DIRS, Sample, read_list, read_prompt
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import prepare_frames
+from comfyui_dwm.safety import Interrupted, stop_on_signals
+from comfyui_dwm.video_io import read_video
 
 from .families import for_model
 
@@ -77,7 +77,7 @@ def prepare(data_root: str, list_file: str, model: str, width: int = 720, height
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.prepare", allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m comfyui_dwm.training.prepare", allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Precompute DWM training latents and prompt embeddings "
                                                  "(files that exist are skipped, so a rerun resumes)")

@@ -12,11 +12,11 @@ import os
 
 import torch
 
-from dwm.compare import side_by_side
-from dwm.frames import prepare_frames
-from dwm.video_io import read_video, write_video
+from comfyui_dwm.compare import side_by_side
+from comfyui_dwm.frames import prepare_frames
+from comfyui_dwm.video_io import read_video, write_video
 
-from dwm.dataset import Sample, read_prompt
+from comfyui_dwm.dataset import Sample, read_prompt
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dwm.workflow_schema import (FRONTEND_ONLY, declared_inputs, format_widgets, is_widget,  # noqa: E402
+from comfyui_dwm.workflow_schema import (FRONTEND_ONLY, declared_inputs, format_widgets, is_widget,  # noqa: E402
                                  kind, load_schemas, ui_widget_slots)
 
 MODEL = "CogVideoX-Fun-V1.1-5b-InP"
@@ -35,7 +35,7 @@ NOTE = """Model files
   text_encoder/, tokenizer/, scheduler/) downloaded from alibaba-pai/CogVideoX-Fun-V1.1-5b-InP
   (or CogVideoX-Fun-V1.5-5b-InP). Pick it in "DWM Model Loader" after refreshing the page.
 - DWM LoRA: ComfyUI/models/loras/ - a .safetensors from this pack's trainer
-  (accelerate launch -m training.train ...) or a reference output folder.
+  (accelerate launch -m comfyui_dwm.training.train ...) or a reference output folder.
 
 Inputs
 Copy examples/00055/static.mp4 and hands.mp4 of ComfyUI-DWM into ComfyUI/input/ as
@@ -66,7 +66,7 @@ class Graph:
 
     def skip(self, count: int = 1) -> None:
         """Leave ids unused where a released version had nodes that are gone, so that the other
-        nodes keep their ids (``python -m dwm.queue --set NODE_ID.INPUT`` refers to them)."""
+        nodes keep their ids (``python -m comfyui_dwm.queue --set NODE_ID.INPUT`` refers to them)."""
         self.last_id += count
 
     def api(self, schemas: dict) -> dict:
@@ -210,7 +210,7 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
                        width=720, height=480, num_frames=49, tiled_vae=True, seed=0), 0))
     seed = Out((g.add("PrimitiveInt", (720, 380), "seed", value=42), 0))
     g.nodes[note - 1]["inputs"]["text"] += (
-        "\n\nThe Int node titled 'seed' feeds every sampler; python -m dwm.queue sets it for each job.")
+        "\n\nThe Int node titled 'seed' feeds every sampler; python -m comfyui_dwm.queue sets it for each job.")
     decoded = []
     for i, strength in enumerate(strengths):
         y = i * 340

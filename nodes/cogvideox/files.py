@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from dwm.cogvideox.checkpoint import FULL_DIR, LORA_FILES, PREFIX, PROJ_KEYS
-from dwm.errors import DWMError
+from comfyui_dwm.cogvideox.checkpoint import FULL_DIR, LORA_FILES, PREFIX, PROJ_KEYS
+from comfyui_dwm.errors import DWMError
 from safetensors import safe_open
 
 from .. import host

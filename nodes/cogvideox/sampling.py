@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dwm.cogvideox.lora import activate
-from dwm.cogvideox.sampler import SamplerSettings, sample
-from dwm.preview import latents_to_rgb
+from comfyui_dwm.cogvideox.lora import activate
+from comfyui_dwm.cogvideox.sampler import SamplerSettings, sample
+from comfyui_dwm.preview import latents_to_rgb
 from PIL import Image
 
 from .. import host

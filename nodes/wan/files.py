@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from dwm.errors import DWMError
-from dwm.family import is_wan_i2v_config, lora_family, read_json
-from dwm.wan.checkpoint import WAN_LORA_FILE
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.family import is_wan_i2v_config, lora_family, read_json
+from comfyui_dwm.wan.checkpoint import WAN_LORA_FILE
 
 from .. import host
 

@@ -8,8 +8,8 @@ import comfy.model_base
 import comfy.sd
 import torch
 from comfy_api.latest import io
-from dwm.errors import DWMError
-from dwm.wan.model import read_wan_config, read_wan_state_dict
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.model import read_wan_config, read_wan_state_dict
 
 from . import files
 from .patch import apply_release, get_release

@@ -22,8 +22,8 @@ import comfy.model_base
 import comfy.ops
 import torch
 from comfy.quant_ops import QuantizedTensor
-from dwm.errors import DWMError
-from dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE, WanRelease, blend_patch_embedding, load_wan_release
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE, WanRelease, blend_patch_embedding, load_wan_release
 
 PATCH_EMBEDDING = "diffusion_model.patch_embedding"
 _FIX_MODEL = "load Wan2.1-Fun InP with the DWM-Wan Model Loader (or a Fun InP file with Load Diffusion Model)"

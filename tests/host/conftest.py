@@ -46,13 +46,13 @@ def free_port() -> int:
 def make_models(models: Path) -> None:
     """The tiny base through the CLI users run, and a LoRA that fits it (random, non-zero)."""
     base_dir = models / "dwm" / MODEL_NAME
-    subprocess.run([sys.executable, "-m", "dwm", "tiny-model", "--out", str(base_dir)],
+    subprocess.run([sys.executable, "-m", "comfyui_dwm", "tiny-model", "--out", str(base_dir)],
                    cwd=REPO, check=True, capture_output=True)
     spec = importlib.util.spec_from_file_location("dwm_test_helpers", REPO / "tests" / "conftest.py")
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
-    from dwm.cogvideox.checkpoint import save_checkpoint_file
-    from dwm.cogvideox.model import load_base
+    from comfyui_dwm.cogvideox.checkpoint import save_checkpoint_file
+    from comfyui_dwm.cogvideox.model import load_base
 
     (models / "loras").mkdir(parents=True)
     base = load_base(str(base_dir), "fp32")
@@ -64,7 +64,7 @@ def make_wan_models(models: Path) -> None:
     """The tiny Wan base and a release that fits it, both through the CLI users run; its VAE where
     VAELoader looks; and a LightX2V-style LoRA (``diffusion_model.`` keys) for the core LoRA loader."""
     wan = models / "diffusion_models" / WAN_MODEL
-    subprocess.run([sys.executable, "-m", "dwm", "tiny-model", "--family", "wan", "--out", str(wan),
+    subprocess.run([sys.executable, "-m", "comfyui_dwm", "tiny-model", "--family", "wan", "--out", str(wan),
                     "--release", str(models / "loras" / WAN_LORA)], cwd=REPO, check=True, capture_output=True)
     (models / "vae").mkdir()
     shutil.copy(wan / "Wan2.1_VAE.pth", models / "vae" / WAN_VAE)

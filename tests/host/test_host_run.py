@@ -1,5 +1,5 @@
 """Against a real ComfyUI: our node schemas as served, every API workflow run to the end, the
-template browser's files, and the batch CLI (python -m dwm.queue) including Ctrl-C in a batch."""
+template browser's files, and the batch CLI (python -m comfyui_dwm.queue) including Ctrl-C in a batch."""
 import json
 import os
 import shutil
@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from dwm.video_io import read_video
-from dwm.workflow_schema import recorded_entry
+from comfyui_dwm.video_io import read_video
+from comfyui_dwm.workflow_schema import recorded_entry
 from nodes.cogvideox import NODE_FUNCTIONS
 
 from .conftest import (FRAMES, LORA_NAME, MODEL_NAME, REPO, WAN_LORA, WAN_MODEL, api_workflow, own_group,
@@ -111,7 +111,7 @@ def queue_cmd(comfy, root, seeds: str, steps: int) -> list[str]:
             for nid, inp, v in small_settings(wf) if inp != "steps"]
     sampler = next(nid for nid, n in wf.items() if n["class_type"] == "DWMSampler")
     sets.append(f"{sampler}.steps={steps}")
-    return [sys.executable, "-m", "dwm.queue", "--server", comfy.url, "--workflow",
+    return [sys.executable, "-m", "comfyui_dwm.queue", "--server", comfy.url, "--workflow",
             str(REPO / "workflows" / "api" / "dwm_basic.json"), "--data-root", str(root / "data"),
             "--list", str(root / "ids.txt"), "--seeds", seeds, "--out", str(root / "out")] + \
         [arg for s in sets for arg in ("--set", s)]
@@ -163,12 +163,12 @@ def test_queue_cli_ctrl_c_leaves_nothing_of_ours_queued(comfy, data_root):
 
 
 def test_queue_cli_runs_a_wan_job(comfy, data_root):
-    """The Wan workflow through python -m dwm.queue: videos into LoadVideo, the prompt into the text
+    """The Wan workflow through python -m comfyui_dwm.queue: videos into LoadVideo, the prompt into the text
     node (the test's stand-in for CLIPTextEncode, so named with --target), the seed into KSampler."""
     wf = runnable(api_workflow("dwm_wan_basic"))
     (data_root / "wan.json").write_text(json.dumps(wf))
     prompt = next(nid for nid, n in wf.items() if n["_meta"]["title"] == "prompt")
-    cmd = [sys.executable, "-m", "dwm.queue", "--server", comfy.url, "--workflow", str(data_root / "wan.json"),
+    cmd = [sys.executable, "-m", "comfyui_dwm.queue", "--server", comfy.url, "--workflow", str(data_root / "wan.json"),
            "--data-root", str(data_root / "data"), "--list", str(data_root / "ids.txt"), "--seeds", "5",
            "--out", str(data_root / "out"), "--target", f"prompt={prompt}.text"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dwm.video_io import read_video, write_video
+from comfyui_dwm.video_io import read_video, write_video
 
 from .conftest import FRAMES, api_workflow, runnable
 from .test_browser import LOAD_JS, browser, page, without_editor_inputs  # noqa: F401 (fixtures)

@@ -114,7 +114,7 @@ with torch.inference_mode():
     trained = R.execute(base, "dwm-wan-trained", 1.0).result[0]
     stock = M["LoraLoaderModelOnly"]().load_lora_model_only(
         base, "dwm-wan-trained/lora_diffusion_pytorch_model.safetensors", 1.0)[0]
-    from dwm.wan.checkpoint import blend_patch_embedding
+    from comfyui_dwm.wan.checkpoint import blend_patch_embedding
     patch = next(m for n, m in sys.modules.items() if n.endswith(".nodes.wan.patch"))  # the pack, as loaded
     conv, weights = patch.base_patch_embedding(base)
     stock.add_object_patch("diffusion_model.patch_embedding",
@@ -196,7 +196,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def host_run(tmp_path_factory):
-    from dwm.wan.tiny import make_tiny_wan_base
+    from comfyui_dwm.wan.tiny import make_tiny_wan_base
 
     checkout, python = _host()
     work = tmp_path_factory.mktemp("wan_host")  # models, links and the pack link; removed by pytest

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from dwm.family import base_family
+from comfyui_dwm.family import base_family
 
 
 def validation_run(generate, base, settings_cls, cfg, **as_trained):
