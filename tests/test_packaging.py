@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -38,3 +41,18 @@ def test_the_sample_and_the_configs_are_package_data():
     for pattern in cfg["package-data"]["comfyui_dwm.training"]:
         folder = os.path.join(REPO, "training", os.path.dirname(pattern))
         assert any(f.endswith(".yaml") for f in os.listdir(folder)), pattern
+
+
+def test_a_plain_install_has_one_top_level_name_and_carries_the_sample(tmp_path):
+    """`pip install .` (not editable) puts only comfyui_dwm into site-packages, trainer and sample included."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), REPO], check=True, capture_output=True)
+    assert {name for name in os.listdir(site) if not name.endswith(".dist-info")} == {"comfyui_dwm"}
+    code = "from comfyui_dwm.cli_generate import examples_dir; import comfyui_dwm.training.train; print(examples_dir())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.stdout.strip() == str(site / "comfyui_dwm" / "examples"), out.stderr
+    assert {"static.mp4", "hands.mp4", "prompt.txt"} <= set(os.listdir(site / "comfyui_dwm" / "examples" / "00055"))
+    trainer = site / "comfyui_dwm" / "training"
+    assert os.listdir(trainer / "configs") and os.listdir(trainer / "accelerate")
