@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dwm.atomic import atomic_path
-from dwm.dataset import Sample, read_prompt
-from dwm.names import base_name, safe_part
+from comfyui_dwm.atomic import atomic_path
+from comfyui_dwm.dataset import Sample, read_prompt
+from comfyui_dwm.names import base_name, safe_part
 
 # Which input of a node class a role writes to. Loaders are ComfyUI's or VideoHelperSuite's; the
 # prompt and seed live in our DWMTextEncode / DWMSampler (CogVideoX) or in the core text encoder and
@@ -57,6 +57,30 @@ class Job:
     @property
     def label(self) -> str:
         return f"{self.sample} seed {self.seed}"
+
+
+@dataclass
+class Recipe:
+    """What every job shares: the API workflow, the input each role writes, the --set values
+    (value, node, input) and each sample's inputs (a video to upload, or the prompt text)."""
+    wf: dict
+    targets: dict[str, tuple[str, str]]
+    sets: list[tuple[object, str, str]]
+    files: dict[str, dict[str, Path | str]]
+
+    def prompt(self, job: Job, upload) -> dict:
+        """The job's workflow; upload(path, name) puts a video on the server and returns its loader value."""
+        wf = json.loads(json.dumps(self.wf))
+        values: dict[str, object] = {"sampler": job.seed}
+        for role, value in self.files[job.sample].items():
+            if isinstance(value, Path):
+                value = upload(value, f"{job.sample}_{ROLES[role][1]}{value.suffix}")
+            values[role] = value
+        for role, (node, inp) in self.targets.items():
+            wf[node]["inputs"][inp] = values[role]
+        for value, node, inp in self.sets:
+            wf[node]["inputs"][inp] = value
+        return wf
 
 
 def load_workflow(path: str) -> dict:

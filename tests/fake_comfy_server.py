@@ -10,6 +10,7 @@ import base64
 import email
 import hashlib
 import json
+import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,15 +34,17 @@ def ws_frame(text: str) -> bytes:
 
 
 class FakeComfy:
-    """Knobs: node_types, fail(prompt)->error text, reject(prompt)->node_errors, hold (the running
-    prompt waits for /interrupt), drop[path]=n (close n connections unanswered; drop_after: after
-    handling them). Records: prompts, deleted, interrupts, uploads, pending, history."""
+    """Knobs: node_types, fail(prompt)->error text, reject(prompt)->node_errors, hold (True, or
+    hold(prompt)->bool: the running prompt waits for /interrupt), gate (an Event every prompt waits
+    for), drop[path]=n (close n connections unanswered; drop_after: after handling them); kill() stops
+    it as a killed process would. Records: prompts, deleted, interrupts, uploads, pending, history."""
 
-    def __init__(self, node_types=CORE_TYPES + DWM_TYPES):
+    def __init__(self, node_types=CORE_TYPES + DWM_TYPES, port: int = 0):
         self.node_types = list(node_types)
         self.fail = lambda prompt: None
         self.reject = lambda prompt: None
         self.hold = False
+        self.gate: threading.Event | None = None
         self.drop: dict[str, int] = {}
         self.drop_after: dict[str, int] = {}
         self.prompts, self.deleted, self.interrupts = [], [], []
@@ -55,7 +58,7 @@ class FakeComfy:
         self.stopped = False
         self.interrupted: set[str] = set()
         self.number = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -65,11 +68,26 @@ class FakeComfy:
         return self
 
     def __exit__(self, *exc):
+        if not self.stopped:
+            self.kill()
+
+    def kill(self) -> None:
+        """Gone: connections refused, websockets closed, nothing more run or answered."""
         with self.cond:
             self.stopped = True
             self.cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
+        for sock, _lock in list(self.sockets.values()):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restarted(self) -> "FakeComfy":
+        """Killed, then a new, started server on the same port: our queue and history are lost."""
+        self.kill()
+        return FakeComfy(self.node_types, port=self.httpd.server_address[1]).__enter__()
 
     # -- websocket side -------------------------------------------------------------------
     def send(self, event: str, data: dict, sid: str | None) -> None:
@@ -103,9 +121,14 @@ class FakeComfy:
             if node["class_type"] == "DWMSampler":
                 for step in range(1, 4):
                     self.send("progress", {"value": step, "max": 3, "prompt_id": pid, "node": nid}, cid)
+        held = self.hold(prompt) if callable(self.hold) else self.hold
         with self.cond:
-            while self.hold and pid not in self.interrupted and not self.stopped:
+            while held and pid not in self.interrupted and not self.stopped:
                 self.cond.wait()
+        while self.gate is not None and not self.gate.wait(0.05) and not self.stopped:
+            pass
+        if self.stopped:
+            return
         error = self.fail(prompt)
         outputs = {}
         if pid in self.interrupted:

@@ -1,4 +1,4 @@
-"""dwm.queue against an in-process fake ComfyUI: collection, resume, errors, Ctrl-C, retries."""
+"""comfyui_dwm.queue against an in-process fake ComfyUI: collection, resume, errors, Ctrl-C, retries."""
 import _thread
 import json
 import os
@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dwm import queue as q
-from dwm.queue_jobs import find_targets
-
-REPO = str(Path(__file__).resolve().parents[1])
+from comfyui_dwm import queue as q
+from comfyui_dwm import queue_client, queue_servers
+from comfyui_dwm.queue_jobs import UsageError, find_targets
 from tests.fake_comfy_server import CORE_TYPES, FakeComfy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +33,9 @@ WORKFLOW = {
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch):
-    monkeypatch.setattr(q, "BACKOFF_S", 0.01)
-    monkeypatch.setattr(q, "POLL_S", 0.05)
+    monkeypatch.setattr(queue_client, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(queue_client, "POLL_S", 0.05)
+    monkeypatch.setattr(queue_servers, "RETRY_DOWN_S", 0.05)
 
 
 @pytest.fixture
@@ -55,7 +55,9 @@ def data(tmp_path):
 
 
 def run(fake_url, data, *extra):
-    return q.main(["--server", fake_url, "--workflow", str(data["wf"]), "--data-root",
+    """The CLI on the dataset; fake_url is one URL or a list of them (one --server each)."""
+    urls = [fake_url] if isinstance(fake_url, str) else fake_url
+    return q.main([arg for url in urls for arg in ("--server", url)] + ["--workflow", str(data["wf"]), "--data-root",
                    str(data["root"]), "--list", str(data["list"]), "--out", str(data["out"]), *extra])
 
 
@@ -120,7 +122,7 @@ def test_target_replaces_title_lookup_of_its_role():
     wf = {"5": {"class_type": "MyTextNode", "inputs": {}, "_meta": {"title": "prompt"}},
           "6": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "sampler"}},
           "7": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "sampler"}}}
-    with pytest.raises(q.UsageError, match="node 5 titled 'prompt' is a MyTextNode"):
+    with pytest.raises(UsageError, match="node 5 titled 'prompt' is a MyTextNode"):
         find_targets(wf, ["sampler=7.seed"])
     assert find_targets(wf, ["prompt=5.words", "sampler=7.seed"]) == {"prompt": ("5", "words"),
                                                                        "sampler": ("7", "seed")}
@@ -256,7 +258,7 @@ def test_ctrl_c_keeps_a_job_that_finished_before_it(data, monkeypatch):
                 time.sleep(0.01)
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(q.Comfy, "next_message", finished_then_ctrl_c)
+        monkeypatch.setattr(queue_client.Comfy, "next_message", finished_then_ctrl_c)
         assert run(fake.url, data) == 130
         assert fake.interrupted == set()
     job = manifest(data)[("00013", 0)]
@@ -307,7 +309,7 @@ def test_signal_stops_a_queue_started_with_sigint_ignored(data, signum):
     data["list"].write_text("00013\n")
     with FakeComfy() as fake:
         fake.hold = True
-        cmd = [sys.executable, "-m", "dwm.queue", "--server", fake.url, "--workflow", str(data["wf"]),
+        cmd = [sys.executable, "-m", "comfyui_dwm.queue", "--server", fake.url, "--workflow", str(data["wf"]),
                "--data-root", str(data["root"]), "--list", str(data["list"]), "--out", str(data["out"])]
         proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
@@ -325,7 +327,7 @@ def test_signal_stops_a_queue_started_with_sigint_ignored(data, signum):
 @pytest.mark.parametrize("node, filename", [("..\\..\\x", "a.mp4"), ("7", "..\\..\\evil.mp4"),
                                             ("7", "/etc/passwd"), ("CON", "NUL.mp4"), ("9:1", ".hidden")])
 def test_output_names_stay_inside_out_on_every_platform(node, filename):
-    from dwm.queue_jobs import Job, output_name
+    from comfyui_dwm.queue_jobs import Job, output_name
 
     name = output_name(Job(sample="..\\s", seed=0), node, filename)
     assert not any(c in name for c in "/\\:") and not name.startswith(".")
@@ -333,7 +335,7 @@ def test_output_names_stay_inside_out_on_every_platform(node, filename):
 
 
 def test_safe_part_avoids_device_names_dots_and_separators():
-    from dwm.names import base_name, safe_part
+    from comfyui_dwm.names import base_name, safe_part
 
     assert safe_part("CON") == "_CON" and safe_part("nul.mp4") == "_nul.mp4"
     assert safe_part("..") == "_" and safe_part("") == "_" and safe_part("a/b\\c") == "a-b-c"
@@ -341,7 +343,7 @@ def test_safe_part_avoids_device_names_dots_and_separators():
 
 
 def test_sample_slug_from_a_hostile_list_line_is_a_plain_name():
-    from dwm.dataset import Sample
+    from comfyui_dwm.dataset import Sample
 
     assert Sample("..\\..\\x", "root", "x").slug == "_.._x"
     assert Sample("realworld_dynamic/videos/00055.mp4", "root", "00055").slug == "realworld_dynamic_videos_00055"

@@ -102,6 +102,13 @@ class Server:
     def post(self, path: str, body: dict) -> requests.Response:
         return requests.post(self.url + path, json=body, timeout=60)
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -125,18 +132,20 @@ def _host() -> tuple[Path, str]:
     return Path(comfy), python
 
 
-@pytest.fixture(scope="session")
-def comfy(tmp_path_factory):
-    """The running server; stopped (and its folders removed by pytest's tmp cleanup) at session end."""
+def start_server(base: Path, models: Path | None = None) -> Server:
+    """A running server in the empty folder ``base``; ``models`` is another server's models/ to share
+    (else the tiny models are written). Stop it with ``stop()``."""
     checkout, python = _host()
-    base = tmp_path_factory.mktemp("comfy_base")
     nodes_dir = base / "custom_nodes"
     nodes_dir.mkdir()
     (nodes_dir / "ComfyUI-DWM").symlink_to(REPO, target_is_directory=True)
     if (checkout / "custom_nodes" / VHS).is_dir():
         (nodes_dir / VHS).symlink_to(checkout / "custom_nodes" / VHS, target_is_directory=True)
     (nodes_dir / FIXTURE_NODES).symlink_to(REPO / "tests" / "host" / "fixture_nodes", target_is_directory=True)
-    make_models(base / "models")
+    if models:
+        (base / "models").symlink_to(models, target_is_directory=True)
+    else:
+        make_models(base / "models")
     for sub in ("input", "output", "user/default"):
         (base / sub).mkdir(parents=True)
     # A new user gets the template browser on first load; mark the tour done so no dialog hides the
@@ -152,13 +161,20 @@ def comfy(tmp_path_factory):
     server = Server(base, port, proc, log)
     try:
         server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """The running server; stopped (and its folders removed by pytest's tmp cleanup) at session end."""
+    server = start_server(tmp_path_factory.mktemp("comfy_base"))
+    try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 @pytest.fixture(scope="session")
