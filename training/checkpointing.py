@@ -28,14 +28,14 @@ import re
 import shutil
 
 import torch
-from accelerate.utils import DistributedType
 from accelerate.utils import load as weights_only_load  # torch.load + numpy RNG arrays allowed
 from safetensors import safe_open
 
-from dwm.atomic import atomic_path
-from dwm.errors import DWMError
-from dwm.safety import write_error
+from comfyui_dwm.atomic import atomic_path
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.safety import write_error
 
+from . import engines
 from .lora_setup import trainable_names
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -102,7 +102,8 @@ def problem(folder: str) -> str | None:
     if not is_complete(folder):
         return f"no {MARKER} (an interrupted save, or not a training checkpoint)"
     try:
-        listed = read_state(folder)["files"]
+        marker = read_state(folder)
+        listed = marker["files"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"{MARKER} is damaged or from an older trainer ({type(err).__name__}: {err})"
     if not isinstance(listed, dict):
@@ -117,7 +118,8 @@ def problem(folder: str) -> str | None:
             return f"{name} is missing"
         if present[name] != size:
             return f"{name} is truncated or changed ({present[name]} bytes, {size} written)"
-        found = _format_problem(os.path.join(folder, name))
+        with engines.safe_globals(marker.get("engine")):
+            found = _format_problem(os.path.join(folder, name))
         if found:
             return f"{name} is damaged ({found})"
     return None
@@ -180,12 +182,13 @@ def save(accelerator, output_dir: str, step: int, generator: torch.Generator, ex
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)
+        accelerator.save_state(tmp, **engines.save_kwargs(accelerator))
         torch.save(generator.get_state(), generator_file(tmp, accelerator.process_index))
         export(tmp)
         accelerator.wait_for_everyone()
         if main:
-            marker = dict(state, step=step, num_processes=accelerator.num_processes, files=_files(tmp))
+            marker = dict(state, step=step, num_processes=accelerator.num_processes,
+                          engine=engines.engine_name(accelerator), files=_files(tmp))
             with atomic_path(os.path.join(tmp, MARKER)) as path:
                 with open(path, "w", encoding="utf-8") as fh:
                     json.dump(marker, fh)
@@ -216,9 +219,11 @@ def load(accelerator, folder: str) -> dict:
         raise DWMError("resume", f"{folder} was written by {state['num_processes']} processes, this run has "
                        f"{accelerator.num_processes}",
                        "resume with the same number of processes (the data order and RNG streams depend on it)")
-    # The model file holds the trainable tensors only (see trainable_only); DeepSpeed keeps its own files
-    # and takes no such argument.
-    partial = {} if accelerator.distributed_type == DistributedType.DEEPSPEED else {"strict": False}
-    accelerator.load_state(folder, load_kwargs={"weights_only": True}, **partial)
+    engine = engines.engine_name(accelerator)
+    if state.get("engine", "ddp") != engine:
+        raise DWMError("resume", f"{folder} was written under {state.get('engine', 'ddp')}, this run uses {engine}",
+                       "resume with the accelerate config that wrote it (the optimizer state is laid out per engine)")
+    # The model files hold the trainable tensors only (see trainable_only and engines.save_kwargs).
+    accelerator.load_state(folder, load_kwargs={"weights_only": True}, **engines.load_kwargs(accelerator))
     state["generator"] = torch.load(generator_file(folder, accelerator.process_index), weights_only=True)
     return state

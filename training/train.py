@@ -1,4 +1,4 @@
-"""Train a DWM LoRA: ``accelerate launch -m training.train --config FILE [--key value ...]``.
+"""Train a DWM LoRA: ``accelerate launch -m comfyui_dwm.training.train --config FILE [--key value ...]``.
 
 One process per GPU (or ``--cpu``); accelerate shards the data, seeds each rank (``seed + rank`` for the
 training generator, the same ``seed`` for the shared data order) and averages gradients. Only the main
@@ -17,7 +17,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +27,13 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dwm.atomic import atomic_dir
-from dwm.errors import DWMCancelled, DWMError
-from dwm.metrics import all_metrics
-from dwm.precision import resolve_dtype
-from dwm.safety import Interrupted, SignalStop, stop_on_signals, worker_signals, write_error
+from comfyui_dwm.atomic import atomic_dir
+from comfyui_dwm.errors import DWMCancelled, DWMError
+from comfyui_dwm.metrics import all_metrics
+from comfyui_dwm.precision import resolve_dtype
+from comfyui_dwm.safety import Interrupted, SignalStop, stop_on_signals, worker_signals, write_error
 
-from . import checkpointing
+from . import checkpointing, engines, throughput
 from .config import TrainConfig, parse_args
 from .data import CarryErrors, collate, raise_item_errors
 from .families import for_model
@@ -90,7 +89,8 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             log_with=None if cfg.report_to in ("", "none") else cfg.report_to,
             project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                                 logging_dir=os.path.join(cfg.output_dir, "logs")),
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
+            **engines.accelerator_kwargs(cfg))
     except ValueError as err:  # e.g. bf16 (the recipe) on a GPU without bf16 support
         raise DWMError("accelerate", str(err).splitlines()[0],
                        "check --mixed_precision and the accelerate config against this machine") from None
@@ -106,27 +106,30 @@ class Trainer:
         inputs = check_inputs(cfg, self.family)
         self.cfg, self.stop = cfg, stop or SignalStop()
         self.acc = make_accelerator(cfg)
+        engines.check_engine(self.acc)
         self.resume_from = checkpointing.resolve_resume(cfg.resume, cfg.output_dir, self.acc.print)
         set_seed(cfg.seed)  # identical LoRA init on every rank
         if cfg.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
         self.dtype = resolve_dtype(PRECISION[cfg.mixed_precision])
-        transformer = self.family.load(cfg, self.dtype, self.acc.device)
+        with engines.loading(self.acc):  # the text encoders load whole under ZeRO-3
+            transformer = self.family.load(cfg, self.dtype, self.acc.device)
+        throughput.place_encoders(self.family, inputs.dataset, self.acc.device)  # VAE/T5 only if steps need them
         self.params = self.family.make_trainable(cfg)
         self.acc.register_save_state_pre_hook(checkpointing.trainable_only(transformer))
         loader = DataLoader(CarryErrors(inputs.dataset), batch_size=cfg.train_batch_size, shuffle=True,
                             collate_fn=collate, num_workers=cfg.dataloader_num_workers,
                             worker_init_fn=worker_signals)
-        optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.weight_decay, eps=cfg.adam_epsilon)
+        optimizer = throughput.make_optimizer(self.params, cfg)
         # Stepped by hand once per optimizer step (accelerate would step it once per process).
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                           num_training_steps=cfg.max_train_steps, num_cycles=cfg.lr_num_cycles)
         # The lr scheduler is not registered with accelerate: its state travels as JSON (checkpointing.py).
         self.model, self.optimizer, self.loader = self.acc.prepare(transformer, optimizer, loader)
+        engines.prepared(self.acc, self.model)
         self.transformer = transformer
         self.generator = torch.Generator().manual_seed(cfg.seed + self.acc.process_index)
-        self.validation = inputs.validation
+        self.validation = engines.validation_samples(self.acc, inputs.validation)
         self.name = os.path.basename(os.path.normpath(cfg.output_dir))
         self.step = 0
 
@@ -134,7 +137,7 @@ class Trainer:
     def export(self, folder: str | None) -> str:
         """The family's release files into ``folder``; returns what to load, relative to it. Every rank
         calls it (gathering the weights may be a collective, e.g. under FSDP); only the main process writes."""
-        state = self.acc.get_state_dict(self.model)
+        state = engines.trainable_state(self.acc, self.model, self.transformer)
         if not self.acc.is_main_process:
             return ""
         return self.family.export(state, self.cfg, folder, f"{self.name}-step{self.step}",
@@ -220,7 +223,7 @@ class Trainer:
             return
         cfg = self.cfg
         folder = os.path.join(cfg.output_dir, "validation", f"step-{self.step}")
-        with self.acc.autocast():
+        with self.acc.autocast(), throughput.encoders_on(self.family, self.acc.device):
             scores = validate(self.family.generator(cfg), self.transformer, self.validation, self.metrics, folder,
                               cfg.width, cfg.height, cfg.num_frames, cfg.validation_fps)
         self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=self.step)
@@ -228,8 +231,11 @@ class Trainer:
 
     def check_ranks_in_sync(self) -> str:
         """Every rank must end with the same weights; a mismatch means a broken distributed setup."""
+        state = engines.replicated_state(self.acc, self.model, self.transformer)
+        if state is None:  # FSDP: each rank holds its own shard
+            return f"{self.acc.num_processes} rank(s) hold shards of the trained weights (FSDP)"
         digest = hashlib.sha256()
-        for p in self.params:
+        for _, p in sorted(state.items()):
             digest.update(p.detach().float().cpu().numpy().tobytes())
         digests = gather_object([digest.hexdigest()])
         if len(set(digests)) != 1:
@@ -248,13 +254,15 @@ class Trainer:
             acc.init_trackers(self.name, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
         self.metrics = all_metrics(cfg.dreamsim_cache, acc.print) if self.validation and main else {}
         self.model.train()
-        losses, started = [], time.time()
+        losses = []
+        meter = throughput.Throughput(self.transformer.config, cfg, acc.num_processes, acc.device)
         samples_per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * acc.num_processes
         bar = tqdm(total=cfg.max_train_steps, initial=self.step, desc="training", disable=not main, dynamic_ncols=True)
         batches = self.batches()
         notice = "finishing this step, saving a checkpoint, then stopping (again: stop now)"
         with self.stop.deferred(notice), contextlib.closing(bar):  # the bar's line ends before any message
             while self.step < cfg.max_train_steps:
+                meter.start()
                 group = self.next_group(batches)
                 if self.agree_to_stop(group is None):
                     raise self.stopped()
@@ -262,8 +270,7 @@ class Trainer:
                 self.lr_scheduler.step()
                 self.step += 1
                 loss = acc.reduce(torch.stack(pending).mean(), reduction="mean").item()
-                self.log_step(loss, samples_per_step / max(time.time() - started, 1e-9), log, bar)
-                started = time.time()
+                self.log_step(loss, meter.stop(samples_per_step), log, bar)
                 losses.append(loss)
                 if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
                     self.save_checkpoint()
@@ -271,11 +278,11 @@ class Trainer:
                     self.run_validation()
         return self.finish(losses)
 
-    def log_step(self, loss: float, samples_per_s: float, log: LossLog | None, bar) -> None:
+    def log_step(self, loss: float, rates: dict, log: LossLog | None, bar) -> None:
         self.check_finite(loss)
         row = {"step": self.step, "loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
-               "samples_per_s": samples_per_s}
-        self.acc.log({k: v for k, v in row.items() if k != "step"}, step=self.step)
+               "samples_per_s": rates["samples_per_s"]}
+        self.acc.log({**{k: v for k, v in row.items() if k != "step"}, **rates}, step=self.step)
         if log is not None:
             log.append(row)
         bar.set_postfix(loss=f"{loss:.4g}", lr=f"{row['lr']:.2e}")

@@ -9,12 +9,12 @@ import os
 import torch
 from diffusers import CogVideoXDDIMScheduler
 
-from dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder
-from dwm.cogvideox.model import load_base
-from dwm.cogvideox.pipeline import generate
-from dwm.cogvideox.sampler import SamplerSettings
-from dwm.cogvideox.scene import configure_vae
-from dwm.cogvideox.text import encode_prompt
+from comfyui_dwm.cogvideox.checkpoint import save_checkpoint_file, save_reference_folder
+from comfyui_dwm.cogvideox.model import load_base
+from comfyui_dwm.cogvideox.pipeline import generate
+from comfyui_dwm.cogvideox.sampler import SamplerSettings
+from comfyui_dwm.cogvideox.scene import configure_vae
+from comfyui_dwm.cogvideox.text import encode_prompt
 
 from ..batch import latent_distribution, make_step_inputs
 from ..data import COGVIDEOX_LAYOUT
@@ -33,7 +33,9 @@ class CogVideoXFamily:
         return transformer_config(model).get("text_embed_dim", 4096)
 
     def load(self, cfg, dtype: torch.dtype, device) -> torch.nn.Module:
-        self.base = load_base(cfg.model, dtype, device)
+        """The transformer on ``device``; VAE and T5 on the CPU (``training.throughput`` moves them when needed)."""
+        self.base = load_base(cfg.model, dtype, "cpu")
+        self.base.transformer.to(device)
         configure_vae(self.base.vae, tiling=True, slicing=True)
         self.scheduler = CogVideoXDDIMScheduler.from_config(self.base.scheduler_config)
         return self.base.transformer

@@ -22,15 +22,15 @@ import torch
 from accelerate import PartialState
 from peft import get_peft_model_state_dict
 
-from dwm.errors import DWMError
-from dwm.wan.checkpoint import wan_module_names
-from dwm.wan.export import experiment_config, save_wan_release
-from dwm.wan.lora import diffusers_module_name
-from dwm.wan.model import check_wan_folder, load_wan_base, read_wan_config, wan_model_input
-from dwm.wan.pipeline import prompt_embedding
-from dwm.wan.sampler import CLIP_TOKENS, WanSettings, flow_scheduler, pad_text
-from dwm.wan.text import encode_wan_prompt, load_wan_text_encoder
-from dwm.wan.vae import encode_wan_video, load_wan_vae
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.wan.checkpoint import wan_module_names
+from comfyui_dwm.wan.export import experiment_config, save_wan_release
+from comfyui_dwm.wan.lora import diffusers_module_name
+from comfyui_dwm.wan.model import check_wan_folder, load_wan_base, read_wan_config, wan_model_input
+from comfyui_dwm.wan.pipeline import prompt_embedding
+from comfyui_dwm.wan.sampler import CLIP_TOKENS, WanSettings, flow_scheduler, pad_text
+from comfyui_dwm.wan.text import encode_wan_prompt, load_wan_text_encoder
+from comfyui_dwm.wan.vae import encode_wan_video, load_wan_vae
 
 from ..batch import PIXEL_CHANNELS, apply_dropout
 from ..data import Layout
@@ -90,17 +90,18 @@ def flow_matching_loss(model, scheduler, latents: torch.Tensor, static: torch.Te
 class WanFamily:
     name = "wan"
     layout = WAN_LAYOUT
+    cpu_encoders = ("text_encoder",)  # see load()
 
     def check_model(self, model: str) -> int:
         # the VAE and umT5 too, before the transformer is loaded
         return int(check_wan_folder(model).get("text_dim", 4096))
 
     def load(self, cfg, dtype: torch.dtype, device) -> torch.nn.Module:
-        """Transformer and VAE on ``device``; the umT5 (11 GB for XXL) stays on the CPU: it only encodes
-        prompts that were not precomputed, the empty prompt and validation prompts, each once (cached)."""
+        """Transformer on ``device``, the VAE where ``training.throughput`` puts it; the umT5 (11 GB for XXL)
+        stays on the CPU: it only encodes prompts that were not precomputed, the empty prompt and validation
+        prompts, each once (cached)."""
         self.base = load_wan_base(cfg.model, dtype, "cpu")
         self.base.transformer.to(device)
-        self.base.vae.to(device)
         self.scheduler = flow_scheduler(SHIFT)
         state = PartialState()
         self.index_range = timestep_range(state.process_index, state.num_processes, len(self.scheduler.timesteps))
@@ -170,6 +171,6 @@ class WanFamily:
         return ""
 
     def generator(self, cfg):
-        from dwm.wan.pipeline import generate_wan
+        from comfyui_dwm.wan.pipeline import generate_wan
 
         return validation_run(generate_wan, self.base, WanSettings, cfg, releases=None)
