@@ -23,8 +23,10 @@ from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
 from ..errors import DWMCancelled, DWMError
+from .memory import execution_device
 from .model import DWMBase
 from .scene import SceneLatents
+from .speed import reset_step_cache
 from .text import encode_prompt
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
@@ -104,7 +106,8 @@ def sample(base: DWMBase, scene: SceneLatents, positive: torch.Tensor, negative:
     if settings.steps < 1 or settings.batch < 1:
         raise DWMError("sampler", f"steps={settings.steps}, batch={settings.batch}", "use at least 1 of each")
     transformer, dtype = base.transformer, base.dtype
-    device = transformer.device
+    device = execution_device(base)  # under group offload the weights sit on the CPU
+    reset_step_cache(transformer)  # a cache left enabled must not carry the last run's (batch's) state
     scheduler = SCHEDULERS[settings.scheduler].from_config(base.scheduler_config)
     scheduler.set_timesteps(settings.steps, device=device)
 
