@@ -35,7 +35,7 @@ from .model import DWMBase
 
 MEMORY_MODES = ("none", "fp8", "offload", "fp8+offload", "24gb")
 FP8 = torch.float8_e4m3fn
-HEADROOM = 12 * 2**30  # activations at 49x720x480 with CFG plus a transient T5: an estimate, not yet measured on a GPU (bytes)
+HEADROOM = 12 * 2**30  # bytes: activations at 49x720x480 with CFG + a transient T5 (estimate, not measured)
 GROUP_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
 CAST_HOOK = "layerwise_casting"
 MODE_HELP = {
