@@ -1,4 +1,4 @@
-"""Headless command line: python -m dwm generate | demo | tiny-model.
+"""Headless command line: python -m comfyui_dwm generate | demo | tiny-model | calibrate-magcache.
 
 Only argparse runs before the arguments are parsed, so ``--help`` answers at once: torch, diffusers and
 the model code are imported by the command that needs them (dwm/cli_generate.py). Every input and output
@@ -18,13 +18,18 @@ from .safety import Interrupted, stop_on_signals
 
 DEFAULT_MODEL = os.environ.get("DWM_MODEL", "alibaba-pai/CogVideoX-Fun-V1.1-5b-InP")
 SCHEDULER_NAMES = ("ddim", "dpm")  # dwm.cogvideox.sampler.SCHEDULERS, named here so --help imports no torch
+# dwm.cogvideox.memory.MEMORY_MODES, speed.CACHES and speed.ATTENTION_BACKENDS (tests/test_memory_speed.py)
+MEMORY_MODE_NAMES = ("none", "fp8", "offload", "fp8+offload", "24gb")
+CACHE_NAMES = ("none", "first-block", "taylorseer", "magcache", "fastercache", "pab")
+ATTENTION_NAMES = ("sdpa", "native", "flash", "flash_hub", "_flash_3", "sage", "sage_hub", "flex", "xformers",
+                   "_native_flash", "_native_efficient", "_native_cudnn")
 EPILOG = """examples:
-  python -m dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
+  python -m comfyui_dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
       --model /models/CogVideoX-Fun-V1.1-5b-InP --lora my_dwm.safetensors:1.0 --out out.mp4
-  python -m dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
+  python -m comfyui_dwm generate --static scene.mp4 --hands hands.mp4 --prompt "I open the fridge" \\
       --model /models/Wan2.1-Fun-V1.1-14B-InP --lora /loras/DWM-Wan2.1-Fun-14b-LoRA --out out.mp4
-  python -m dwm generate --data-root data/ --list data/test.txt --model M --lora L --out-dir results/
-  python -m dwm demo
+  python -m comfyui_dwm generate --data-root data/ --list data/test.txt --model M --lora L --out-dir results/
+  python -m comfyui_dwm demo
 """
 
 
@@ -72,6 +77,8 @@ def _add_sampling_args(parser: argparse.ArgumentParser, steps: int, width: int, 
     p.add_argument("--height", type=int, default=height, help="output height, a multiple of 16")
     p.add_argument("--num-frames", type=int, default=49, metavar="N",
                    help="frames to generate, 4k+1; 0 = the videos' own length cut to 4k+1")
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate the input videos are resampled to (only "
+                   "the frames used are decoded, at the output size); 0 = keep their own (default: 8, DWM's)")
     p.add_argument("--steps", type=int, default=steps, help="denoising steps, at least 1")
     p.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale; 1 = off")
     p.add_argument("--scheduler", choices=SCHEDULER_NAMES, help="CogVideoX only (default: ddim)")
@@ -88,8 +95,25 @@ def _add_sampling_args(parser: argparse.ArgumentParser, steps: int, width: int, 
                    "(default: tiled)")
 
 
+def _add_speed_args(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("memory and speed (CogVideoX; docs/benchmarks.md gives each one's time and drift)")
+    p.add_argument("--memory-mode", choices=MEMORY_MODE_NAMES, default="none",
+                   help="fp8: transformer weights stored in fp8 (about half the memory); offload: weights on the CPU, "
+                   "one block at a time on the GPU; 24gb: fp8 + VAE tiling + T5 offload, and offload when the card "
+                   "is smaller")
+    p.add_argument("--cache", choices=CACHE_NAMES, default="none",
+                   help="step cache: skips or predicts work between steps (faster, output drifts a little)")
+    p.add_argument("--magcache-ratios", metavar="FILE", help="ratios json for --cache magcache, written by "
+                   "calibrate-magcache (default: none)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (slow first "
+                   "step; default: off)")
+    p.add_argument("--attention", choices=ATTENTION_NAMES, default="sdpa", metavar="BACKEND",
+                   help="attention: sdpa = diffusers' CogVideoX processor; any other = ours through diffusers' "
+                   f"dispatcher on that backend ({', '.join(ATTENTION_NAMES[1:])})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _parser(None, prog="python -m dwm", description=__doc__, epilog=EPILOG)
+    parser = _parser(None, prog="python -m comfyui_dwm", description=__doc__, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     gen = _parser(sub, "generate", help="generate interaction videos (one input, or a dataset)",
                   description="Generate interaction videos from a static-scene video and a hand video.",
@@ -115,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen, DEFAULT_MODEL, "base model folder (CogVideoX-Fun InP in diffusers layout or "
                     "Wan2.1-Fun InP in VideoX-Fun layout) or hub id; the environment variable DWM_MODEL overrides it")
     _add_sampling_args(gen, steps=50, width=720, height=480)
+    _add_speed_args(gen)
+    gen.add_argument_group("many GPUs (accelerate launch -m comfyui_dwm generate ...: a dataset is shared out "
+                           "over the processes)").add_argument(
+        "--cfg-parallel", action="store_true", help="with exactly 2 processes: both run each sample, one the "
+        "conditional and one the unconditional guidance pass of every step (default: off)")
     demo = _parser(sub, "demo", help="run the whole pipeline on the bundled sample with a tiny random model",
                    description="Run the pipeline end to end on the bundled sample, offline.\n"
                                "The default model has random weights: its output is noise.")
@@ -122,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for output.mp4 and compare.mp4 (created)")
     _add_model_args(demo, None, "base model folder (default: the embedded tiny random CogVideoX-Fun model)")
     _add_sampling_args(demo, steps=10, width=240, height=160)
+    _add_speed_args(demo)
+    mag = _parser(sub, "calibrate-magcache", help="measure a CogVideoX DWM model's MagCache ratios into a json",
+                  description="Run one generation and write the per-step residual ratios --cache magcache needs.")
+    mag.add_argument("--out", required=True, metavar="FILE", help="the .json to write")
+    mag.add_argument("--static", metavar="VIDEO", help="static-scene video (default: the bundled sample)")
+    mag.add_argument("--hands", metavar="VIDEO", help="hand video (default: the bundled sample)")
+    mag.add_argument("--prompt", metavar="TEXT", help="text prompt (default: the bundled sample's)")
+    _add_model_args(mag, DEFAULT_MODEL, "CogVideoX-Fun InP base folder or hub id (DWM_MODEL overrides it)")
+    _add_sampling_args(mag, steps=50, width=720, height=480)
+    _add_speed_args(mag)
     tiny = _parser(sub, "tiny-model", help="write a tiny random base (CogVideoX: diffusers layout, Wan: "
                    "VideoX-Fun layout)", description="Write a tiny random-weight base model for tests.")
     tiny.add_argument("--out", required=True, metavar="FOLDER", help="folder to write the model into")
@@ -160,7 +199,13 @@ def cmd_tiny(args) -> None:
     print(f"wrote {make_tiny_model(args.out, args.version)}")
 
 
-COMMANDS = {"generate": cmd_generate, "demo": cmd_demo, "tiny-model": cmd_tiny}
+def cmd_calibrate(args) -> None:
+    from .cogvideox.magcache import run_calibrate
+
+    run_calibrate(args)
+
+
+COMMANDS = {"generate": cmd_generate, "demo": cmd_demo, "tiny-model": cmd_tiny, "calibrate-magcache": cmd_calibrate}
 
 
 def _out_of_memory(err: BaseException) -> bool:
@@ -189,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not _out_of_memory(err):
             raise
-        print("error: out of GPU memory. Fix: lower --width/--height or --batch, keep VAE tiling on, "
-              "or use --precision bf16", file=sys.stderr)
+        print("error: out of GPU memory. Fix: use --memory-mode 24gb (or fp8+offload), lower --width/--height "
+              "or --batch, keep VAE tiling on, or use --precision bf16", file=sys.stderr)
         return 3
     return 0

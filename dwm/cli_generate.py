@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from . import cfg_parallel, sharding
 from . import cli_checks as checks
 from .atomic import clean_stale_temporaries
 from .cli import parse_lora
 from .cogvideox import checkpoint as cog_checkpoint
+from .cogvideox import magcache as cog_magcache
 from .cogvideox import model as cog_model
 from .cogvideox import pipeline as cog_pipeline
 from .cogvideox.sampler import SamplerSettings
@@ -30,18 +32,19 @@ from .dataset import read_prompt
 from .errors import DWMError
 from .safety import SignalStop, write_error
 from .video_io import probe_video, read_video, write_video
+from .video_stream import stream_frames
 
 
 def examples_dir() -> str:
-    """The bundled sample: ``examples/`` of a checkout, or the installed ``dwm.examples`` data."""
+    """The bundled sample: ``examples/`` of a checkout, or the installed ``comfyui_dwm.examples`` data."""
     checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
     if os.path.isdir(checkout):
         return checkout
-    spec = importlib.util.find_spec("dwm.examples")
+    spec = importlib.util.find_spec("comfyui_dwm.examples")
     return list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else checkout
 RANDOM_MODEL_NOTE = (
     "DWM demo on a tiny RANDOM-WEIGHT model: the pipeline runs end to end, but the output video is noise-like "
-    "and means nothing. For real results train a DWM LoRA (see README, Training) and run: python -m dwm "
+    "and means nothing. For real results train a DWM LoRA (see README, Training) and run: python -m comfyui_dwm "
     "generate --model <CogVideoX-Fun-5b-InP folder> --lora <your LoRA> ...\n(Its tokenizer spells words letter "
     "by letter, so a warning that the prompt was cut to 226 tokens is expected here; T5's own tokenizer fits "
     "this prompt.)")
@@ -68,8 +71,9 @@ class Progress:
     code swallowed that (a broad ``except Exception``), the next stage or step raises it again.
     """
 
-    def __init__(self, steps: int, stop: SignalStop, decoding: str = "VAE"):
+    def __init__(self, steps: int, stop: SignalStop, decoding: str = "VAE", bar: bool = True):
         self.steps, self.stop, self.decoding, self.stream = steps, stop, decoding, sys.stderr
+        self.show_bar = bar  # off in the processes after the first of a launch (dwm/sharding.py)
         self.times: dict[str, float] = {}
         self.current, self.since, self.bar = None, 0.0, None
 
@@ -89,7 +93,7 @@ class Progress:
         if self.bar is None:
             self.stage("sample", f"{self.steps} steps")
             self.bar = StepBar(total=self.steps, desc="sample", unit="step", leave=True, file=self.stream,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, disable=not self.show_bar)
         return False  # a stop raises (above), so the sampler's own cancel message never shows
 
     def on_step(self, i: int, n: int, _latents=None) -> None:
@@ -155,24 +159,42 @@ def output_paths(out: str, batch: int, seed: int) -> list[str]:
     return [f"{stem}_seed{seed + i}{ext or '.mp4'}" for i in range(batch)]
 
 
+def cogvideox_settings(args) -> SamplerSettings:
+    return SamplerSettings(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler or "ddim",
+                           seed=args.seed, batch=args.batch, dynamic_cfg=args.dynamic_cfg)
+
+
+SPEED_DEFAULTS = {"memory_mode": "none", "cache": "none", "magcache_ratios": None, "compile": False,
+                  "attention": "sdpa"}
+
+
+def speed_options(args) -> dict:
+    """The memory and speed flags (dwm/cli.py, _add_speed_args), defaults where a caller built ``args`` itself."""
+    return {name: getattr(args, name, default) for name, default in SPEED_DEFAULTS.items()}
+
+
 def cogvideox_loader(args, loras: list[tuple[str, float]], device: str, precision: str) -> Callable[[], Runner]:
     """Check the CogVideoX options now; the returned loader reads the LoRAs (small: a bad one fails fast),
     then the base."""
     if args.shift is not None:
         raise DWMError("--shift", "applies to Wan bases only",
                        "drop --shift for a CogVideoX-Fun base (choose --scheduler ddim or dpm instead)")
-    settings = SamplerSettings(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler or "ddim",
-                               seed=args.seed, batch=args.batch, dynamic_cfg=args.dynamic_cfg)
+    settings = cogvideox_settings(args)
+    speed = speed_options(args)
+    cache_params = cog_magcache.cache_params(speed["cache"], speed["magcache_ratios"])
 
     def load() -> Runner:
         checkpoints = [(cog_checkpoint.load_checkpoint(path), strength) for path, strength in loras]
         base = cog_model.load_base(args.model, precision, device)
+        cog_pipeline.prepare_base(base, device, speed["memory_mode"], speed["attention"], speed["compile"])
+        cfg_parallel.attach(base, args.processes)
 
         def run(static_frames, hand_frames, prompt, progress):
             return cog_pipeline.generate(
                 base, static_frames, hand_frames, prompt, args.negative_prompt or "", checkpoints, settings,
                 args.width, args.height, args.num_frames or None, tiling=not args.no_tiling,
-                scene_seed=args.scene_seed, on_step=progress.on_step, cancel=progress.before_step)
+                scene_seed=args.scene_seed, on_step=progress.on_step, cancel=progress.before_step,
+                cache=speed["cache"], cache_params=cache_params)
         return run
     return load
 
@@ -185,6 +207,11 @@ def prepare_model(args) -> Model:
     device, precision = checks.runtime(args)
     if family == "wan":
         from .cli_wan import wan_loader
+
+        changed = [name for name, default in SPEED_DEFAULTS.items() if speed_options(args)[name] != default]
+        if changed:
+            flag = "--" + changed[0].replace("_", "-")
+            raise DWMError(flag, "applies to CogVideoX-Fun bases only", f"drop {flag} for a Wan base")
 
         loader = wan_loader(args, loras, device, precision)
     else:
@@ -200,21 +227,30 @@ def _save(path: str, frames: torch.Tensor, fps: float) -> None:
         raise write_error(err, "output", os.path.dirname(os.path.abspath(path))) from None
 
 
+def read_input(args, path: str, name: str) -> tuple[torch.Tensor, float]:
+    """Only what a run uses of an input video (at --fps, --num-frames, --width x --height), and its rate."""
+    frames, rate = stream_frames(path, name, args.fps, args.num_frames or None, args.width, args.height)
+    return frames, float(rate or args.fps or 8)
+
+
 def _comparison(args, job: Job, static: torch.Tensor, hands: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-    gt = read_video(job.gt, "ground-truth video")[0] if job.gt else None
+    gt = read_input(args, job.gt, "ground-truth video")[0] if job.gt else None
     return side_by_side([static, hands, video, gt], height=args.height)
 
 
 def run_job(model: Model, args, job: Job) -> str:
     """Generate one job and write its files (videos, then the comparison); the timing summary."""
-    progress = Progress(args.steps, args.stop, "VAE in one piece" if args.no_tiling else "VAE, tiled")
+    progress = Progress(args.steps, args.stop, "VAE in one piece" if args.no_tiling else "VAE, tiled",
+                        bar=args.processes.main)
     try:
         run = model.get(progress)
         frames = f"{args.num_frames} frames" if args.num_frames else "all frames (4k+1)"
         progress.stage("encode", f"{job.label}: prompt and scene, {frames} at {args.width}x{args.height}")
-        static, fps = read_video(job.static, "static video")
-        hands, _ = read_video(job.hands, "hand video")
+        static, fps = read_input(args, job.static, "static video")
+        hands, _ = read_input(args, job.hands, "hand video")
         videos = run(static, hands, job.prompt, progress)
+        if not args.processes.writes:  # --cfg-parallel's second process: the first writes the same videos
+            return progress.summary()
         progress.stage("write", ", ".join(job.outputs))
         for path, video in zip(job.videos, videos):
             _save(path, video, fps)
@@ -229,7 +265,7 @@ def rebuild_compare(args, job: Job) -> None:
     """The comparison of a job whose video exists, from that video (its run was killed before the write)."""
     print(f"[write] {job.compare} (from the existing {job.videos[0]})", file=sys.stderr, flush=True)
     video, fps = read_video(job.videos[0], "output video")
-    static, hands = read_video(job.static, "static video")[0], read_video(job.hands, "hand video")[0]
+    static, hands = read_input(args, job.static, "static video")[0], read_input(args, job.hands, "hand video")[0]
     _save(job.compare, _comparison(args, job, static, hands, video), fps)
 
 
@@ -277,27 +313,34 @@ def dataset_jobs(args) -> list[Job]:
 def run_generate(args) -> None:
     checks.check_mode(args)
     checks.check_numbers(args)
+    processes = sharding.start(args)  # one of one, unless started by accelerate launch
     model = prepare_model(args)
     jobs = dataset_jobs(args) if args.data_root else [single_job(args)]
-    _clean_outputs(jobs, args.started)
+    if processes.main:
+        _clean_outputs(jobs, args.started)
+    processes.wait()  # no process writes before the stale temporaries are gone
+    mine = processes.mine(jobs)
     if not args.data_root:
-        summary = run_job(model, args, jobs[0])
-        print(f"[done] {summary}", file=sys.stderr)
-        print(f"wrote {', '.join(jobs[0].outputs)}")
+        for _, job in mine:
+            print(f"[done] {run_job(model, args, job)}", file=sys.stderr)
+            if processes.writes:
+                print(f"wrote {', '.join(job.outputs)}")
         return
     counts = {"generated": 0, "comparisons rebuilt": 0, "already done": 0}
-    for k, job in enumerate(jobs, 1):
+    for k, job in mine:
         check_stop(args.stop)
-        print(f"[sample {k}/{len(jobs)}] {job.label}", file=sys.stderr, flush=True)
+        print(f"[sample {k + 1}/{len(jobs)}] {job.label}{processes.tally(jobs)}", file=sys.stderr, flush=True)
         if job.done():
             counts["already done"] += 1
         elif job.only_compare_missing():
-            rebuild_compare(args, job)
+            if processes.writes:
+                rebuild_compare(args, job)
             counts["comparisons rebuilt"] += 1
         else:
             print(f"[done] {job.label} in {run_job(model, args, job)}", file=sys.stderr)
             counts["generated"] += 1
-    print(f"{len(jobs)} samples in {args.out_dir}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"{processes.summary(len(mine), len(jobs))} in {args.out_dir}: "
+          + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 def run_demo(args) -> None:
@@ -306,6 +349,7 @@ def run_demo(args) -> None:
         raise DWMError("demo", f"the bundled sample {sample} is missing",
                        "reinstall the pack (pip install .) or run the demo from a clone of the repository")
     checks.check_numbers(args)
+    sharding.single(args)
     if not args.model:
         from .cogvideox.tiny import default_tiny_model
 

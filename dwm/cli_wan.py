@@ -1,13 +1,13 @@
-"""The Wan half of ``python -m dwm generate``: Wan defaults, and options that only apply to CogVideoX refused."""
+"""The Wan half of ``python -m comfyui_dwm generate``: Wan defaults, and options that only apply to CogVideoX refused."""
 
 from __future__ import annotations
 
+from . import cfg_parallel
 from .errors import DWMError
 from .wan import checkpoint as wan_checkpoint
 from .wan import model as wan_model
 from .wan import pipeline as wan_pipeline
 from .wan.sampler import WanSettings
-
 
 
 def wan_settings(args) -> WanSettings:
@@ -30,6 +30,7 @@ def wan_loader(args, loras: list[tuple[str, float]], device: str, precision: str
     def load():
         releases = [(wan_checkpoint.load_wan_release(path), strength) for path, strength in loras]
         base = wan_model.load_wan_base(args.model, precision, device)
+        cfg_parallel.attach(base, args.processes)
 
         def run(static_frames, hand_frames, prompt, progress):
             return wan_pipeline.generate_wan(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -13,27 +15,41 @@ from .atomic import atomic_path
 from .errors import DWMError
 
 
-def _decode(path: str, name: str, limit: int | None) -> tuple[list[np.ndarray], float]:
-    """Up to ``limit`` frames (all when None) of the first video stream, and its frame rate."""
-    if not os.path.isfile(path):
-        problem = "is a folder, not a video file" if os.path.isdir(path) else "does not exist"
-        raise DWMError(name, f"{path} {problem}", "check the path (and the sample id in the list file)")
+@contextmanager
+def open_video(source: str | BinaryIO, name: str):
+    """The container and first video stream of a file path or file object; any failure while it is
+    open (opening, demuxing, decoding) becomes one DWMError naming ``name``."""
+    if isinstance(source, str) and not os.path.isfile(source):
+        problem = "is a folder, not a video file" if os.path.isdir(source) else "does not exist"
+        raise DWMError(name, f"{source} {problem}", "check the path (and the sample id in the list file)")
+    label = source if isinstance(source, str) else "the video"
     try:
-        with av.open(path) as container:
+        with av.open(source) as container:
             if not container.streams.video:
-                raise DWMError(name, f"{path} has no video stream", "pass an mp4/webm/mov video file")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 8)
-            frames = []
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if limit is not None and len(frames) >= limit:
-                    break
+                raise DWMError(name, f"{label} has no video stream", "pass an mp4/webm/mov video file")
+            yield container, container.streams.video[0]
     except DWMError:
         raise
     except (av.FFmpegError, ValueError, OSError) as err:
-        raise DWMError(name, f"cannot decode {path} ({err})",
+        raise DWMError(name, f"cannot decode {label} ({err})",
                        "the file is corrupt or not a video; re-export it as H.264 mp4") from err
+
+
+def stream_rate(stream) -> Fraction | None:
+    """The stream's average frame rate from its metadata, or None when it has none."""
+    rate = stream.average_rate or stream.guessed_rate
+    return Fraction(rate) if rate else None
+
+
+def _decode(path: str, name: str, limit: int | None) -> tuple[list[np.ndarray], float]:
+    """Up to ``limit`` frames (all when None) of the first video stream, and its frame rate."""
+    with open_video(path, name) as (container, stream):
+        fps = float(stream_rate(stream) or 8)
+        frames = []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if limit is not None and len(frames) >= limit:
+                break
     if not frames:
         raise DWMError(name, f"{path} holds no decodable frames", "re-export it as H.264 mp4")
     return frames, fps

@@ -7,8 +7,10 @@ and in headless tools. Nothing else in ``nodes/`` imports ComfyUI.
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 
 import torch
+from comfyui_dwm.video_stream import select_frames, stream_frames
 
 try:
     import comfy.model_management as mm
@@ -16,8 +18,9 @@ try:
     import comfy.utils
     import folder_paths
     from comfy.cli_args import LatentPreviewMethod, args
+    from comfy_api.latest import InputImpl
 except ImportError:  # no ComfyUI: tests and headless use
-    mm = folder_paths = None
+    mm = folder_paths = InputImpl = None
 
 BASE_FOLDERS = ("dwm", "diffusers", "diffusion_models")
 LORA_FOLDERS = ("loras",)
@@ -29,6 +32,30 @@ _HOST_DEVICES = {"transformer": ("get_torch_device", "unet_offload_device"),
 
 if folder_paths is not None:
     folder_paths.add_model_folder_path("dwm", os.path.join(folder_paths.models_dir, "dwm"))
+
+
+def _stream_source(video):
+    """The file (path or BytesIO) behind a VIDEO loaded from one, or None when its frames are already in
+    memory (asking those for a stream would encode them first)."""
+    if InputImpl is not None:
+        return video.get_stream_source() if isinstance(video, InputImpl.VideoFromFile) else None
+    get = getattr(video, "get_stream_source", None)
+    return get() if get else None
+
+
+def video_frames(video, name: str, fps: float | None, max_frames: int | None = None, width: int | None = None,
+                 height: int | None = None) -> tuple[torch.Tensor, Fraction | None]:
+    """A VIDEO's frames at ``fps`` (0: its own rate), at most ``max_frames``, at the size, and their rate.
+
+    A file is streamed (only those frames decoded, scaled while decoding); a VIDEO of frames in memory
+    gives a view or a copy of the frames picked. Never ``get_components()`` of a file: it decodes all.
+    """
+    source = _stream_source(video)
+    if source is not None:
+        return stream_frames(source, name, fps, max_frames, width, height)
+    parts = video.get_components()
+    rate = Fraction(parts.frame_rate) if parts.frame_rate else None
+    return select_frames(parts.images, rate, fps, max_frames, name)
 
 
 def model_roots(folders: tuple[str, ...]) -> list[str]:

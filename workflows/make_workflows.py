@@ -150,7 +150,7 @@ def dwm_graph(vhs=False, low_vram=False) -> Graph:
     cond = g.add("DWMTextEncode", (1080, -380), "prompt", [400, 300], model=model, prompt=PROMPT,
                  negative_prompt="")
     scene = g.add("DWMSceneEncode", (720, 0), model=model, static_video=static, hand_video=hands,
-                  width=720, height=480, num_frames=49, tiled_vae=True, seed=0)
+                  width=720, height=480, num_frames=49, tiled_vae=True, seed=0, fps=FPS)
     latents = g.add("DWMSampler", (1080, 0), "sampler", [320, 260], model=model, conditioning=Out((cond, 0)),
                     scene=Out((scene, 0)), steps=50, cfg=6.0, scheduler="ddim", seed=42, batch_size=1,
                     dynamic_cfg=False)
@@ -207,7 +207,7 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
     cond = Out((g.add("DWMTextEncode", (720, -380), "prompt", [400, 300], model=base, prompt=PROMPT,
                       negative_prompt=""), 0))
     scene = Out((g.add("DWMSceneEncode", (720, 0), model=base, static_video=static, hand_video=hands,
-                       width=720, height=480, num_frames=49, tiled_vae=True, seed=0), 0))
+                       width=720, height=480, num_frames=49, tiled_vae=True, seed=0, fps=FPS), 0))
     seed = Out((g.add("PrimitiveInt", (720, 380), "seed", value=42), 0))
     g.nodes[note - 1]["inputs"]["text"] += (
         "\n\nThe Int node titled 'seed' feeds every sampler; python -m comfyui_dwm.queue sets it for each job.")
@@ -284,7 +284,7 @@ def wan_graph(lightx2v=False, low_vram=False) -> Graph:
     neg = g.add("CLIPTextEncode", (760, 20), "negative prompt", [400, 100], text="bad detailed", clip=clip)
     scene = g.add("DWMWanSceneConditioning", (1200, -240), size=[320, 330], positive=Out((pos, 0)),
                   negative=Out((neg, 0)), vae=vae, width=720, height=480, length=49, batch_size=1,
-                  static_video=static, hand_video=hands)
+                  static_video=static, hand_video=hands, fps=FPS)
     latent = g.add("KSampler", (1560, -240), "sampler", [320, 300], model=model, seed=42,
                    steps=4 if lightx2v else 50, cfg=1.0 if lightx2v else 6.0, sampler_name="euler",
                    scheduler="normal", positive=Out((scene, 0)), negative=Out((scene, 1)),

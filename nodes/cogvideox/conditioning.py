@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from dwm.cogvideox.scene import encode_scene
-from dwm.cogvideox.text import encode_prompt
+from comfyui_dwm.cogvideox.scene import encode_scene
+from comfyui_dwm.cogvideox.text import encode_prompt
 
 from .. import host
-from .sockets import Conditioning, ModelHandle, Scene, frames_of
+from .sockets import DEFAULT_FPS, Conditioning, ModelHandle, Scene, frames_of
 
 
 def encode_text(model: ModelHandle, prompt: str = "", negative_prompt: str = "") -> Conditioning:
@@ -18,11 +18,13 @@ def encode_text(model: ModelHandle, prompt: str = "", negative_prompt: str = "")
 
 
 def encode_videos(model: ModelHandle, static_video, hand_video, width: int = 720, height: int = 480,
-                  num_frames: int = 49, tiled_vae: bool = True, seed: int = 0) -> Scene:
+                  num_frames: int = 49, tiled_vae: bool = True, seed: int = 0, fps: float = DEFAULT_FPS) -> Scene:
     """DWM Scene Encode: both videos (IMAGE batches or VIDEOs) to the target size and frame count
-    (warning when cut or padded), encoded; a VIDEO's frame rate is kept for the decoder."""
-    static, static_rate = frames_of(static_video, "static_video")
-    hands, hand_rate = frames_of(hand_video, "hand_video")
+    (warning when cut or padded), encoded. A VIDEO is streamed at ``fps`` (0: its own rate), only the
+    frames and size used decoded; its resulting rate is kept for the decoder."""
+    wanted = {"fps": fps, "max_frames": num_frames or None, "width": width, "height": height}
+    static, static_rate = frames_of(static_video, "static_video", **wanted)
+    hands, hand_rate = frames_of(hand_video, "hand_video", **wanted)
     host.load(model.patchers, "vae")
     try:
         scene = encode_scene(model.base.vae, static, hands, width, height, num_frames or None, seed=seed,

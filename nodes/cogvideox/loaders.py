@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dwm.cogvideox.checkpoint import check_fits
+from comfyui_dwm.cogvideox.checkpoint import check_fits
 
 from . import files, models
 from .sockets import ModelHandle
 
 
 def load_model(model: str, precision: str = "bf16", device: str = "auto") -> ModelHandle:
-    """DWM Model Loader: a CogVideoX-Fun 5b InP base widened for DWM, cached across runs."""
-    base, patchers = models.get_base(files.resolve_base(model), precision, device)
-    return ModelHandle(base, patchers)
+    """DWM Model Loader: a CogVideoX-Fun 5b InP base widened for DWM, shared while the host keeps it."""
+    return ModelHandle(models.get_base(files.resolve_base(model), precision), device)
 
 
 def load_lora(model: ModelHandle, lora: str, strength: float = 1.0) -> ModelHandle:

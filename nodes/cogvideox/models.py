@@ -1,44 +1,56 @@
-"""Module-level caches: a base is loaded once per (folder, precision), a LoRA once per file version.
+"""Weak caches: a base is loaded once per (folder, precision) while anything holds it, a LoRA once per
+file version; the host's memory management alone decides how long they live.
 
-Node classes are re-created for every run, so the caches live here. The cache also holds the
-ModelPatchers: the host tracks them by weak reference and would forget them otherwise.
+Node classes are re-created for every run, so the caches live here, but they hold only weak
+references. What keeps a base alive is the handle in the host's node-output cache (and the sockets
+downstream): when the host drops its outputs ("Free model and node cache", ``POST /free`` with
+``free_memory``, a changed input such as another precision), the base, its ModelPatchers and its RAM go
+with them. The host itself tracks the ModelPatchers only by weak reference (``current_loaded_models``),
+so a handle, not this module, must keep them: a ``LoadedBase`` holds the base, the modules the host
+moves and their patchers, and every handle on that base shares it.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 
-from dwm.cogvideox.checkpoint import DWMCheckpoint, load_checkpoint
-from dwm.cogvideox.model import DWMBase, load_base
+from comfyui_dwm.cogvideox.checkpoint import DWMCheckpoint, load_checkpoint
+from comfyui_dwm.cogvideox.model import DWMBase, load_base
 
 from .. import host
 
 MANAGED = ("transformer", "vae", "text_encoder")
 
 
-@dataclass
-class _Loaded:
+@dataclass(eq=False)
+class LoadedBase:
+    """A base, its components as the host moves them, and their patchers per device choice."""
+
     base: DWMBase
     holders: dict
-    patchers: dict = field(default_factory=dict)  # device choice -> {component: ModelPatcher}
+    patchers: dict = field(default_factory=dict)  # device choice -> {component: ModelPatcher} (None: no host)
+
+    def patchers_for(self, device: str) -> dict | None:
+        if device not in self.patchers:
+            self.patchers[device] = host.patchers(self.holders, device)
+        return self.patchers[device]
 
 
-_bases: dict[tuple[str, str], _Loaded] = {}
-_checkpoints: dict[str, tuple[float, DWMCheckpoint]] = {}
+_bases: weakref.WeakValueDictionary[tuple[str, str], LoadedBase] = weakref.WeakValueDictionary()
+_checkpoints: weakref.WeakValueDictionary[tuple[str, float], DWMCheckpoint] = weakref.WeakValueDictionary()
 
 
-def get_base(path: str, precision: str, device: str) -> tuple[DWMBase, dict | None]:
-    """The cached base and its patchers for ``device`` ("auto" or "cpu")."""
+def get_base(path: str, precision: str) -> LoadedBase:
+    """The base at ``path`` in ``precision``: the one already loaded while something holds it, else read."""
     key = (os.path.realpath(path), precision)
     loaded = _bases.get(key)
     if loaded is None:
         base = load_base(path, precision, "cpu")  # the host moves it to the load device on use
-        loaded = _Loaded(base, {name: host.DWMComponent(getattr(base, name)) for name in MANAGED})
+        loaded = LoadedBase(base, {name: host.DWMComponent(getattr(base, name)) for name in MANAGED})
         _bases[key] = loaded
-    if device not in loaded.patchers:
-        loaded.patchers[device] = host.patchers(loaded.holders, device)
-    return loaded.base, loaded.patchers[device]
+    return loaded
 
 
 def _version(path: str) -> float:
@@ -49,11 +61,9 @@ def _version(path: str) -> float:
 
 
 def get_checkpoint(path: str) -> DWMCheckpoint:
-    """The cached checkpoint, re-read when the file or folder changed (a new export at the same path)."""
-    key = os.path.realpath(path)
-    mtime = _version(path)
-    cached = _checkpoints.get(key)
-    if cached is None or cached[0] != mtime:
-        cached = (mtime, load_checkpoint(path))
-        _checkpoints[key] = cached
-    return cached[1]
+    """The checkpoint while a handle holds it, re-read when the file or folder changed (a new export)."""
+    key = (os.path.realpath(path), _version(path))
+    ckpt = _checkpoints.get(key)
+    if ckpt is None:
+        ckpt = _checkpoints[key] = load_checkpoint(path)
+    return ckpt

@@ -11,29 +11,45 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
-from dwm.cogvideox.checkpoint import DWMCheckpoint
-from dwm.cogvideox.model import DWMBase
-from dwm.cogvideox.scene import SceneLatents
-from dwm.errors import DWMError
+from comfyui_dwm.cogvideox.checkpoint import DWMCheckpoint
+from comfyui_dwm.cogvideox.model import DWMBase
+from comfyui_dwm.cogvideox.scene import SceneLatents
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.video_stream import DEFAULT_FPS
+
+from .. import host
+from .models import LoadedBase
 
 MODEL = "DWM_MODEL"
 CONDITIONING = "DWM_CONDITIONING"
 SCENE = "DWM_SCENE"  # a Scene (SceneLatents + frame rate), tensors on the CPU
 LATENTS = "DWM_LATENTS"
 CATEGORY = "DWM"
-DEFAULT_FPS = 8.0  # DWM's training videos; used when no VIDEO input says otherwise
 
 
 @dataclass(frozen=True, eq=False)
 class ModelHandle:
-    """A shared base plus the LoRAs to apply to it; LoRA loaders return new handles, never edit one."""
+    """A shared base plus the LoRAs to apply to it; LoRA loaders return new handles, never edit one.
 
-    base: DWMBase
-    patchers: dict | None  # component name -> host ModelPatcher (None without ComfyUI)
+    The handles are what keep a base loaded (models.py caches it weakly): when the host drops them,
+    the base and its RAM are freed.
+    """
+
+    loaded: LoadedBase
+    device: str = "auto"
     loras: tuple[tuple[DWMCheckpoint, float], ...] = field(default=())
 
+    @property
+    def base(self) -> DWMBase:
+        return self.loaded.base
+
+    @property
+    def patchers(self) -> dict | None:
+        """Component name -> host ModelPatcher for this handle's device choice (None without ComfyUI)."""
+        return self.loaded.patchers_for(self.device)
+
     def with_lora(self, ckpt: DWMCheckpoint, strength: float) -> "ModelHandle":
-        return ModelHandle(self.base, self.patchers, self.loras + ((ckpt, float(strength)),))
+        return ModelHandle(self.loaded, self.device, self.loras + ((ckpt, float(strength)),))
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,16 +75,17 @@ class Latents:
     fps: Fraction | None = None
 
 
-def frames_of(value, name: str) -> tuple[torch.Tensor, Fraction | None]:
-    """``[F, H, W, 3]`` frames and frame rate of an IMAGE batch (rate unknown) or a VIDEO input."""
+def frames_of(value, name: str, fps: float | None = None, max_frames: int | None = None,
+              width: int | None = None, height: int | None = None) -> tuple[torch.Tensor, Fraction | None]:
+    """``[F, H, W, 3]`` frames and frame rate of an IMAGE batch (as it is, rate unknown) or a VIDEO (only
+    what is used decoded: resampled to ``fps``, at most ``max_frames``, at the size; see host.video_frames)."""
     if value is None:
         raise DWMError(name, "nothing is connected", "connect an IMAGE batch or a VIDEO (e.g. Load Video)")
     if isinstance(value, torch.Tensor):
         return value, None
     if not hasattr(value, "get_components"):
         raise DWMError(name, f"got a {type(value).__name__}", "connect an IMAGE batch or a VIDEO")
-    parts = value.get_components()
-    return parts.images, Fraction(parts.frame_rate) if parts.frame_rate else None
+    return host.video_frames(value, name, fps, max_frames, width, height)
 
 
 def as_rate(fps: float) -> Fraction:

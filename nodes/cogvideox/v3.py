@@ -9,8 +9,8 @@ Importing this module needs ComfyUI; ``nodes/__init__.py`` checks first.
 from __future__ import annotations
 
 from comfy_api.latest import InputImpl, Types, io
-from dwm.precision import DTYPES
-from dwm.cogvideox.sampler import SCHEDULERS
+from comfyui_dwm.precision import DTYPES
+from comfyui_dwm.cogvideox.sampler import SCHEDULERS
 
 from .. import host
 from . import files
@@ -128,7 +128,8 @@ class DWMSceneEncode(io.ComfyNode):
             node_id="DWMSceneEncode", display_name="DWM Scene Encode (static + hands)", category=CATEGORY,
             description="Encode the static-scene video and the hand video with the base's VAE. Each is scaled "
                         "to cover width x height, centre-cropped, and cut or padded to num_frames (with a "
-                        "warning). A VIDEO input's frame rate travels on to DWM Decode.",
+                        "warning). A VIDEO input is streamed at fps (8 by default): only the frames and the size "
+                        "used are decoded; that rate travels on to DWM Decode.",
             inputs=[
                 _model_in(),
                 _video_in("static_video", "The scene with nobody in it."),
@@ -144,6 +145,10 @@ class DWMSceneEncode(io.ComfyNode):
                                  tooltip="Bounds VAE memory; turn off only with plenty of VRAM."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED,
                              tooltip="Seed of the hand video's latent sample."),
+                io.Float.Input("fps", default=DEFAULT_FPS, min=0.0, max=240.0, step=1.0, optional=True,
+                               tooltip="A VIDEO input is resampled to this rate (8, DWM's training rate; 0 = "
+                                       "keep its own), and only the frames and size used are decoded (with a "
+                                       "warning). IMAGE batches are used as they are."),
             ],
             outputs=[Scene.Output(display_name="scene",
                                   tooltip="Static and hand latents with their size and frame count, for DWM "

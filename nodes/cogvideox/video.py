@@ -8,9 +8,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 import torch
-from dwm.cogvideox.decode import decode_latents
-from dwm.compare import side_by_side
-from dwm.frames import match_length
+from comfyui_dwm.cogvideox.decode import decode_latents
+from comfyui_dwm.compare import side_by_side
+from comfyui_dwm.frames import match_length
 
 from .. import host
 from .sockets import DEFAULT_FPS, Latents, ModelHandle, as_rate, frames_of
@@ -32,18 +32,23 @@ def compare(static_video, hand_video, output, ground_truth=None,
             fps: float = DEFAULT_FPS) -> tuple[torch.Tensor, Fraction]:
     """DWM Compare: static | hands | output | ground truth, labelled, at the output's height and length.
 
-    Inputs are IMAGE batches or VIDEOs; the rate is the first VIDEO's (output first), else ``fps``.
+    Inputs are IMAGE batches or VIDEOs; the rate is the first VIDEO's (output first), else ``fps``. Only
+    the frames shown are taken from each input (a VIDEO is streamed at the output's rate and height).
     """
     out, out_rate = frames_of(output, "output")
-    static, static_rate = frames_of(static_video, "static_video")
-    hands, hand_rate = frames_of(hand_video, "hand_video")
-    truth, truth_rate = frames_of(ground_truth, "ground_truth") if ground_truth is not None else (None, None)
-    frames = out.shape[0]
+    frames, height = out.shape[0], out.shape[1]
+    wanted = {"fps": out_rate or as_rate(fps), "max_frames": frames, "height": height}
+    static, static_rate = frames_of(static_video, "static_video", **wanted)
+    hands, hand_rate = frames_of(hand_video, "hand_video", **wanted)
+    truth, truth_rate = frames_of(ground_truth, "ground_truth", **wanted) if ground_truth is not None else (None, None)
     # A batch decodes to its videos one after another: repeat the inputs once per video.
     repeats = frames // static.shape[0] if frames % static.shape[0] == 0 else 1
 
     def fit(video):
-        return None if video is None else match_length(video.repeat(repeats, 1, 1, 1), frames)
+        if video is None:
+            return None
+        shown = video[:frames]  # a view: nothing beyond the frames shown is copied
+        return match_length(shown.repeat(repeats, 1, 1, 1) if repeats > 1 else shown, frames)
 
-    side = side_by_side([fit(static), fit(hands), out, fit(truth)], height=out.shape[1])
+    side = side_by_side([fit(static), fit(hands), out, fit(truth)], height=height)
     return side, out_rate or static_rate or hand_rate or truth_rate or as_rate(fps)

@@ -14,9 +14,11 @@ import comfy.model_management
 import node_helpers
 import torch
 from comfy_api.latest import io
-from dwm.errors import DWMError
-from dwm.frames import check_num_frames, prepare_frames
+from comfyui_dwm.errors import DWMError
+from comfyui_dwm.frames import check_num_frames, prepare_frames
+from comfyui_dwm.video_stream import DEFAULT_FPS
 
+from .. import host
 from .loaders import CATEGORY, as_input
 
 LATENT_CHANNELS = 16  # Wan 2.1 VAE
@@ -25,13 +27,14 @@ MAX_SIZE = 2048
 MAX_FRAMES = 1025
 
 
-def _frames(images, video, name: str) -> torch.Tensor:
-    """The frames of whichever of the IMAGE / VIDEO inputs is connected (exactly one must be)."""
+def _frames(images, video, name: str, fps: float, length: int, width: int, height: int) -> torch.Tensor:
+    """The frames of whichever of the IMAGE / VIDEO inputs is connected (exactly one must be); a VIDEO is
+    streamed at ``fps``, only ``length`` frames at the size decoded."""
     if images is not None and video is not None:
         raise DWMError(f"{name}_images", f"both {name}_images and {name}_video are connected",
                        "connect only one of them")
     if video is not None:
-        return video.get_components().images
+        return host.video_frames(video, f"{name}_video", fps, length, width, height)[0]
     if images is None:
         raise DWMError(f"{name}_images", f"no {name} video is connected",
                        f"connect {name}_images (an IMAGE batch) or {name}_video (a VIDEO)")
@@ -89,6 +92,10 @@ class DWMWanSceneConditioning(io.ComfyNode):
                                        "batch; or use hand_video."),
                 io.Video.Input("static_video", optional=True, tooltip="The static scene as a VIDEO (Load Video)."),
                 io.Video.Input("hand_video", optional=True, tooltip="The hand video as a VIDEO (Load Video)."),
+                io.Float.Input("fps", default=DEFAULT_FPS, min=0.0, max=240.0, step=1.0, optional=True,
+                               tooltip="A VIDEO input is resampled to this rate (8, DWM's training rate; 0 = "
+                                       "keep its own), and only the frames and size used are decoded (with a "
+                                       "warning). IMAGE batches are used as they are."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="The positive prompt with the scene."),
@@ -100,11 +107,13 @@ class DWMWanSceneConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, vae, width, height, length, batch_size, static_images=None,
-                hand_images=None, static_video=None, hand_video=None) -> io.NodeOutput:
+                hand_images=None, static_video=None, hand_video=None, fps=DEFAULT_FPS) -> io.NodeOutput:
         with as_input("num_frames", "length"):
             check_num_frames(length)
-        static = encode(vae, _frames(static_images, static_video, "static"), width, height, length, "static video")
-        hands = encode(vae, _frames(hand_images, hand_video, "hand"), width, height, length, "hand video")
+        static = _frames(static_images, static_video, "static", fps, length, width, height)
+        hands = _frames(hand_images, hand_video, "hand", fps, length, width, height)
+        static = encode(vae, static, width, height, length, "static video")
+        hands = encode(vae, hands, width, height, length, "hand video")
         values = {"concat_latent_image": torch.cat([static, hands], dim=1),
                   "concat_mask": torch.zeros((1, 4, *static.shape[2:]), dtype=static.dtype),
                   "clip_vision_output": zero_clip_vision_output()}

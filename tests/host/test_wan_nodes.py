@@ -224,7 +224,7 @@ def test_nodes_are_served_with_the_contract_inputs(host_run):
     assert (req["width"][1]["default"], req["height"][1]["default"], req["length"][1]["default"]) == (720, 480, 49)
     assert (req["length"][1]["step"], req["length"][1]["max"], req["batch_size"][1]["max"]) == (4, 1025, 64)
     assert {k: v[0] for k, v in opt.items()} == {"static_images": "IMAGE", "hand_images": "IMAGE",
-                                                  "static_video": "VIDEO", "hand_video": "VIDEO"}
+                                                  "static_video": "VIDEO", "hand_video": "VIDEO", "fps": "FLOAT"}
     assert scene["output"] == ["CONDITIONING", "CONDITIONING", "LATENT"]
     assert scene["output_name"] == ["positive", "negative", "latent"]
     for node in info.values():
