@@ -66,6 +66,8 @@ def check_numbers(args) -> None:
     for flag, value in (("--guidance", args.guidance), ("--shift", args.shift)):
         if value is not None and not math.isfinite(value):
             raise DWMError(flag, f"{value} is not a number", f"use a finite {flag}")
+    if not (math.isfinite(args.fps) and args.fps >= 0):
+        raise DWMError("--fps", f"{args.fps} is not a frame rate", "use 8 (DWM's rate), or 0 to keep the videos' own")
     if args.shift is not None and args.shift <= 0:
         raise DWMError("--shift", f"{args.shift} is not positive", "use a positive shift (5 is the reference's)")
     try:

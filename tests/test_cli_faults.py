@@ -69,6 +69,7 @@ def fake_models(monkeypatch):
     for module, name in LOADERS:
         monkeypatch.setattr(module, name, lambda *a, **k: object())
     monkeypatch.setattr(cog_pipeline, "generate", generate)
+    monkeypatch.setattr(cog_pipeline, "prepare_base", lambda *a, **k: None)  # nothing loaded to prepare
     monkeypatch.setattr(wan_pipeline, "generate_wan", generate)
     return calls
 
@@ -91,6 +92,7 @@ def one_input(files, tmp_path, family="cogvideox", **over) -> list[str]:
 CASES = {  # one input's flag -> value (None drops the flag), and the message
     "steps 0": ({"--steps": "0"}, "--steps: 0 is below 1"),
     "steps 1001": ({"--steps": "1001"}, "--steps: 1001 is more than the 1000"),
+    "fps": ({"--fps": "-1"}, "--fps: -1.0 is not a frame rate"),
     "width": ({"--width": "100"}, "--width: 100 is not a positive multiple of 16"),
     "frames": ({"--num-frames": "10"}, "--num-frames: 10 is not of the form 4k+1"),
     "missing static": ({"--static": "nope.mp4"}, "--static: nope.mp4 does not exist"),
