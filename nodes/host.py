@@ -79,23 +79,31 @@ class DWMComponent(torch.nn.Module):
         self.device = next(module.parameters()).device
 
 
-def patchers(holders: dict[str, DWMComponent], device: str) -> dict | None:
+def patchers(holders: dict[str, DWMComponent], device: str, moved: frozenset = frozenset()) -> dict | None:
     """One ModelPatcher per component for the device choice (None without ComfyUI).
 
     Patchers for "auto" and "cpu" share the holders, so the host sees them as clones of one model and
     moves the weights when the choice changes instead of tracking two copies.
+    ONE MOVER: a component in ``moved`` is moved by the engine's group-offload hooks (weights on the CPU,
+    one block at a time on the device). Its patcher loads to and offloads to the CPU: loading it evicts a
+    clone the host put on the device, and the host then never moves it, so the hooks are its only mover.
     """
     if mm is None:
         return None
     out = {}
     for name, holder in holders.items():
-        if device == "cpu":
+        if device == "cpu" or name in moved:
             load = offload = torch.device("cpu")
         else:
             load_fn, offload_fn = _HOST_DEVICES[name]
             load, offload = getattr(mm, load_fn)(), getattr(mm, offload_fn)()
         out[name] = comfy.model_patcher.ModelPatcher(holder, load_device=load, offload_device=offload)
     return out
+
+
+def compute_device(device: str) -> torch.device:
+    """Where the models compute for the device choice: the host's torch device for "auto"."""
+    return mm.get_torch_device() if mm is not None and device != "cpu" else torch.device("cpu")
 
 
 def load(patcher_map: dict | None, *names: str) -> None:

@@ -124,6 +124,23 @@ def test_offload_and_24gb_on_cpu(kit):
         memory.apply_memory_mode(base, "12gb", "cpu")
 
 
+def test_place_false_leaves_unhooked_components_to_their_mover(kit):
+    """Under a host (place=False) the engine moves only what its hooks move; by itself it places the rest."""
+    base, _run = kit
+    moves = []
+    for name in ("transformer", "text_encoder"):
+        getattr(base, name).to = lambda *a, _name=name, **k: moves.append(_name)
+    try:
+        memory.apply_memory_mode(base, "fp8", "cpu", place=False)
+        assert moves == [] and not memory.memory_state(base).place
+        memory.apply_memory_mode(base, "fp8", "cpu")
+        assert moves == ["transformer", "text_encoder"]
+    finally:
+        for name in ("transformer", "text_encoder"):
+            del getattr(base, name).to
+        memory.release(base)
+
+
 def test_dispatch_attention_equals_sdpa_and_keeps_lora(kit):
     base, run = kit
     activate(base, [(random_checkpoint(base), 1.0)])

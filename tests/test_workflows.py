@@ -166,9 +166,13 @@ def test_workflows_saved_with_the_first_release_still_fit(name, schemas):
     ui = json.loads((SAVED / "ui" / f"{name}.json").read_text("utf-8"))
     assert check_api(api, schemas) == []
     from_ui, problems = ui_to_api(ui, schemas)
+    # fps (Decode, Compare, SceneEncode), memory_mode (ModelLoader), cache + attention (Sampler)
+    added = {"Decode": "1 widget values for 2", "Compare": "0 widget values for 1",
+             "SceneEncode": "6 widget values for 7", "ModelLoader": "3 widget values for 4",
+             "Sampler": "7 widget values for 9"}
     for problem in problems:
-        assert re.fullmatch(r"node \d+ \(DWM(Decode|Compare|SceneEncode)\): "
-                            r"(1 widget values for 2|0 widget values for 1|6 widget values for 7) widget slots", problem), problem
+        found = re.fullmatch(r"node \d+ \(DWM(\w+)\): (.*) widget slots", problem)
+        assert found and added.get(found[1]) == found[2], problem
     assert sorted(from_ui) == sorted(api) and all(from_ui[n]["class_type"] == api[n]["class_type"] for n in api)
 
 
@@ -200,7 +204,7 @@ def test_wan_nodes_are_checked_from_their_recording(schemas):
 
 def test_seed_widgets_carry_the_editor_control_value(schemas):
     slots = ui_widget_slots(schemas["DWMSampler"])
-    assert slots == ["steps", "cfg", "scheduler", "seed", None, "batch_size", "dynamic_cfg"]
+    assert slots == ["steps", "cfg", "scheduler", "seed", None, "batch_size", "dynamic_cfg", "cache", "attention"]
     assert ui_widget_slots(schemas["LoadVideo"]) == ["file", None]
 
 
@@ -262,4 +266,4 @@ def test_misplaced_widget_values_are_reported(schemas):
     sampler = next(n for n in ui["nodes"] if n["id"] == 10)
     del sampler["widgets_values"][4]  # the control_after_generate slot after the seed
     problems = check_pair(ui, load("dwm_basic", api=True), schemas)
-    assert "UI: node 10 (DWMSampler): 6 widget values for 7 widget slots" in problems
+    assert "UI: node 10 (DWMSampler): 8 widget values for 9 widget slots" in problems

@@ -41,10 +41,12 @@ Inputs
 Copy examples/00055/static.mp4 and hands.mp4 of ComfyUI-DWM into ComfyUI/input/ as
 dwm_example_static.mp4 and dwm_example_hands.mp4 (or upload your own videos in the loaders).
 The hand video must follow the same camera path as the static one."""
-LOW_VRAM_NOTE = """24 GB settings: bf16, tiled VAE on in both encode and decode, batch 1.
-If it still runs out of memory: fewer frames (num_frames 33 or 25), a smaller size (e.g. 624x416),
-cfg 1 (skips the unconditional pass), close other GPU programs, start ComfyUI with
---reserve-vram 1, and press "Unload models" before a run."""
+LOW_VRAM_NOTE = """24 GB settings: memory_mode 24gb on the model loader (transformer weights stored in fp8,
+tiled VAE forced on, the T5 encoder offloaded between prompts, and the transformer offloaded block by
+block when the card is too small for it), bf16, batch 1.
+If it still runs out of memory: memory_mode fp8+offload (the least GPU memory, slower), fewer frames
+(num_frames 33 or 25), a smaller size (e.g. 624x416), cfg 1 (skips the unconditional pass), close other
+GPU programs, start ComfyUI with --reserve-vram 1, and press "Unload models" before a run."""
 
 
 class Out(tuple):
@@ -145,7 +147,8 @@ def dwm_graph(vhs=False, low_vram=False) -> Graph:
     static, hands = load_videos(g, vhs)
     if not vhs:
         g.skip(2)  # the first release's Get Video Components nodes: the DWM nodes take VIDEOs now
-    base = g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto")
+    base = g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto",
+                 memory_mode="24gb" if low_vram else "none")
     model = Out((g.add("DWMLoraLoader", (720, -380), model=Out((base, 0)), lora=LORA, strength=1.0), 0))
     cond = g.add("DWMTextEncode", (1080, -380), "prompt", [400, 300], model=model, prompt=PROMPT,
                  negative_prompt="")
@@ -153,7 +156,7 @@ def dwm_graph(vhs=False, low_vram=False) -> Graph:
                   width=720, height=480, num_frames=49, tiled_vae=True, seed=0, fps=FPS)
     latents = g.add("DWMSampler", (1080, 0), "sampler", [320, 260], model=model, conditioning=Out((cond, 0)),
                     scene=Out((scene, 0)), steps=50, cfg=6.0, scheduler="ddim", seed=42, batch_size=1,
-                    dynamic_cfg=False)
+                    dynamic_cfg=False, cache="none", attention="sdpa")
     decode = g.add("DWMDecode", (1440, 0), size=[320, 130], model=model, latents=Out((latents, 0)),
                    tiled_vae=True, fps=FPS)
     save(g, decode, (1800, 0), "dwm/output", "save output", vhs)
@@ -203,7 +206,8 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
     note = g.add("Note", (0, -400), title="Read me: model files and inputs", size=[340, 370], text=NOTE)
     static, hands = load_videos(g, False)
     g.skip(2)  # the first release's Get Video Components nodes
-    base = Out((g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto"), 0))
+    base = Out((g.add("DWMModelLoader", (360, -380), model=MODEL, precision="bf16", device="auto",
+                      memory_mode="none"), 0))
     cond = Out((g.add("DWMTextEncode", (720, -380), "prompt", [400, 300], model=base, prompt=PROMPT,
                       negative_prompt=""), 0))
     scene = Out((g.add("DWMSceneEncode", (720, 0), model=base, static_video=static, hand_video=hands,
@@ -218,7 +222,7 @@ def sweep_graph(strengths=(0.5, 1.0, 1.5)) -> Graph:
                           strength=strength), 0))
         latents = g.add("DWMSampler", (1520, y), f"sampler (strength {strength})", [320, 260], model=lora,
                         conditioning=cond, scene=scene, steps=50, cfg=6.0, scheduler="ddim", seed=seed,
-                        batch_size=1, dynamic_cfg=False)
+                        batch_size=1, dynamic_cfg=False, cache="none", attention="sdpa")
         decoded.append(Out((g.add("DWMDecode", (1880, y), size=[320, 130], model=lora, latents=Out((latents, 0)),
                                   tiled_vae=True, fps=FPS), 0)))
     row = decoded[0]

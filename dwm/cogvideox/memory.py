@@ -62,6 +62,7 @@ class MemoryState:
     device: torch.device
     compute_dtype: torch.dtype
     adapters: tuple
+    place: bool = True  # False: a host's model manager moves what no hook moves
 
 
 def _fp8_bytes(transformer) -> int:
@@ -135,18 +136,20 @@ def _check_one_mover(transformer) -> None:
                        "load the base without device_map/cpu offload, or use memory mode 'none' or 'fp8'")
 
 
-def apply_memory_mode(base: DWMBase, mode: str, device) -> None:
+def apply_memory_mode(base: DWMBase, mode: str, device, place: bool = True) -> None:
     """Put ``base`` in memory mode ``mode`` (one of :data:`MEMORY_MODES`) for compute on ``device``.
 
     Idempotent: a repeat with the same mode, device and adapters does nothing; after adapters change it
     re-applies the casting so new LoRA layers compute in full precision (prefer :func:`activate`, which
-    also keeps them unquantised).
+    also keeps them unquantised). ``place=False`` leaves the components no hook moves where they are,
+    for a host whose model manager moves them (ComfyUI): one mover per component.
     """
     device = torch.device(device)
     transformer = base.transformer
     plan = plan_for(mode, device, transformer)
     state = memory_state(base)
-    if state and (state.plan, state.device, state.adapters) == (plan, device, _adapter_names(transformer)):
+    if state and (state.plan, state.device, state.adapters, state.place) == \
+            (plan, device, _adapter_names(transformer), place):
         return
     release(base)
     compute = base.dtype
@@ -156,15 +159,15 @@ def apply_memory_mode(base: DWMBase, mode: str, device) -> None:
         _check_one_mover(transformer)
         transformer.enable_group_offload(device, offload_type="block_level", num_blocks_per_group=1,
                                          use_stream=device.type == "cuda")
-    else:
+    elif place:
         transformer.to(device)
     if plan.text_offload:  # T5 has no top-level block list: it moves as one group, only for its forward
         from diffusers.hooks import apply_group_offloading
 
         apply_group_offloading(base.text_encoder, device, offload_type="block_level", num_blocks_per_group=1)
-    else:
+    elif place:
         base.text_encoder.to(device)
-    transformer._dwm_memory = MemoryState(mode, plan, device, compute, _adapter_names(transformer))
+    transformer._dwm_memory = MemoryState(mode, plan, device, compute, _adapter_names(transformer), place)
 
 
 def _changes_weights(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> bool:
@@ -181,7 +184,7 @@ def activate(base: DWMBase, loras: Sequence[tuple[DWMCheckpoint, float]]) -> Non
         release(base)
     lora.activate(base, loras)
     if state is not None:
-        apply_memory_mode(base, state.mode, state.device)
+        apply_memory_mode(base, state.mode, state.device, state.place)
 
 
 def execution_device(base: DWMBase) -> torch.device:

@@ -1,4 +1,4 @@
-"""Weak caches: a base is loaded once per (folder, precision) while anything holds it, a LoRA once per
+"""Weak caches: a base is loaded once per (folder, precision, fp8 storage) while anything holds it, a LoRA once per
 file version; the host's memory management alone decides how long they live.
 
 Node classes are re-created for every run, so the caches live here, but they hold only weak
@@ -30,21 +30,28 @@ class LoadedBase:
 
     base: DWMBase
     holders: dict
-    patchers: dict = field(default_factory=dict)  # device choice -> {component: ModelPatcher} (None: no host)
+    patchers: dict = field(default_factory=dict)  # (device choice, engine-moved) -> {component: ModelPatcher}
 
-    def patchers_for(self, device: str) -> dict | None:
-        if device not in self.patchers:
-            self.patchers[device] = host.patchers(self.holders, device)
-        return self.patchers[device]
+    def patchers_for(self, device: str, moved: frozenset = frozenset()) -> dict | None:
+        """The patchers for a device choice, those of the components in ``moved`` (group-offloaded by
+        the engine) loading to the CPU only (see host.patchers); None without ComfyUI."""
+        key = (device, moved)
+        if key not in self.patchers:
+            self.patchers[key] = host.patchers(self.holders, device, moved)
+        return self.patchers[key]
 
 
-_bases: weakref.WeakValueDictionary[tuple[str, str], LoadedBase] = weakref.WeakValueDictionary()
+_bases: weakref.WeakValueDictionary[tuple[str, str, bool], LoadedBase] = weakref.WeakValueDictionary()
 _checkpoints: weakref.WeakValueDictionary[tuple[str, float], DWMCheckpoint] = weakref.WeakValueDictionary()
 
 
-def get_base(path: str, precision: str) -> LoadedBase:
-    """The base at ``path`` in ``precision``: the one already loaded while something holds it, else read."""
-    key = (os.path.realpath(path), precision)
+def get_base(path: str, precision: str, fp8: bool = False) -> LoadedBase:
+    """The base at ``path`` in ``precision``: the one already loaded while something holds it, else read.
+
+    A base that memory modes store in fp8 (``fp8``) is another base: the fp8 cast is lossy and stays after
+    the mode is lifted, so a base shared with a full-precision mode would give that mode fp8 weights.
+    """
+    key = (os.path.realpath(path), precision, fp8)
     loaded = _bases.get(key)
     if loaded is None:
         base = load_base(path, precision, "cpu")  # the host moves it to the load device on use

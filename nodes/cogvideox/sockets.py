@@ -7,7 +7,7 @@ travels with the scene and the latents, so the decoder's VIDEO keeps it without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import torch
@@ -29,7 +29,8 @@ CATEGORY = "DWM"
 
 @dataclass(frozen=True, eq=False)
 class ModelHandle:
-    """A shared base plus the LoRAs to apply to it; LoRA loaders return new handles, never edit one.
+    """A shared base, the device choice and memory mode to run it in, plus the LoRAs to apply to it;
+    LoRA loaders return new handles, never edit one (``placement.placed`` puts the base in the mode).
 
     The handles are what keep a base loaded (models.py caches it weakly): when the host drops them,
     the base and its RAM are freed.
@@ -38,18 +39,14 @@ class ModelHandle:
     loaded: LoadedBase
     device: str = "auto"
     loras: tuple[tuple[DWMCheckpoint, float], ...] = field(default=())
+    memory_mode: str = "none"
 
     @property
     def base(self) -> DWMBase:
         return self.loaded.base
 
-    @property
-    def patchers(self) -> dict | None:
-        """Component name -> host ModelPatcher for this handle's device choice (None without ComfyUI)."""
-        return self.loaded.patchers_for(self.device)
-
     def with_lora(self, ckpt: DWMCheckpoint, strength: float) -> "ModelHandle":
-        return ModelHandle(self.loaded, self.device, self.loras + ((ckpt, float(strength)),))
+        return replace(self, loras=self.loras + ((ckpt, float(strength)),))
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,8 +9,10 @@ Importing this module needs ComfyUI; ``nodes/__init__.py`` checks first.
 from __future__ import annotations
 
 from comfy_api.latest import InputImpl, Types, io
-from comfyui_dwm.precision import DTYPES
+from comfyui_dwm.cogvideox.memory import MEMORY_MODES, MODE_HELP
 from comfyui_dwm.cogvideox.sampler import SCHEDULERS
+from comfyui_dwm.cogvideox.speed import ATTENTION_BACKENDS, CACHE_HELP, CACHES
+from comfyui_dwm.precision import DTYPES
 
 from .. import host
 from . import files
@@ -21,10 +23,15 @@ from .sockets import CATEGORY, CONDITIONING, DEFAULT_FPS, LATENTS, MODEL, SCENE
 from .video import compare, decode
 
 Model, Cond, Scene, Latents = (io.Custom(t) for t in (MODEL, CONDITIONING, SCENE, LATENTS))
+NODE_CACHES = tuple(c for c in CACHES if c != "magcache")  # MagCache needs calibrated ratios: CLI only
 MAX_SIZE = 2048
 MAX_FRAMES = 1025
 MAX_SEED = 0xFFFFFFFFFFFFFFFF  # as the core KSampler; the engine wraps derived seeds into range
 FRAMES_OR_VIDEO = [io.Image, io.Video]
+
+
+def _help(helps: dict, names=None) -> str:
+    return "; ".join(f"{name}: {helps[name]}" for name in (names or helps)) + "."
 
 
 def _model_in(tooltip: str = "The DWM model: from DWM LoRA Loader (or DWM Model Loader for the base alone)."):
@@ -65,6 +72,9 @@ class DWMModelLoader(io.ComfyNode):
                                tooltip="bf16 for the 5B model; fp16 can overflow; fp32 for CPU checks."),
                 io.Combo.Input("device", options=list(host.DEVICE_CHOICES), default="auto",
                                tooltip="auto: ComfyUI's devices; cpu: always run on the CPU."),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="none", optional=True,
+                               tooltip=_help(MODE_HELP) + " (offloaded parts are moved by diffusers' hooks, not "
+                                       "by ComfyUI; see docs/nodes.md)"),
             ],
             outputs=[Model.Output(display_name="model",
                                   tooltip="The base model: add DWM LoRA Loader after it to run DWM.")],
@@ -181,6 +191,13 @@ class DWMSampler(io.ComfyNode):
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Videos per run, with seeds seed, seed+1, ..."),
                 io.Boolean.Input("dynamic_cfg", default=False, tooltip="CogVideoX's cosine guidance ramp."),
+                io.Combo.Input("cache", options=list(NODE_CACHES), default="none", optional=True,
+                               tooltip="Step cache for this run (faster, output drifts a little; docs/benchmarks.md). "
+                                       + _help({"none": "off, the exact loop", **CACHE_HELP}, NODE_CACHES)),
+                io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa", optional=True,
+                               tooltip="Attention backend: sdpa = diffusers' own CogVideoX processor; the others "
+                                       "go through diffusers' attention dispatcher (flash, sage, ... need their "
+                                       "package installed)."),
             ],
             outputs=[Latents.Output(display_name="latents", tooltip="Denoised latents, one per seed, for DWM Decode.")],
         )

@@ -13,18 +13,17 @@ from comfyui_dwm.compare import side_by_side
 from comfyui_dwm.frames import match_length
 
 from .. import host
+from .placement import placed
 from .sockets import DEFAULT_FPS, Latents, ModelHandle, as_rate, frames_of
 
 
 def decode(model: ModelHandle, latents: Latents, tiled_vae: bool = True,
            fps: float = DEFAULT_FPS) -> tuple[torch.Tensor, Fraction]:
-    """DWM Decode: every batch item's frames one after another; the scene's VIDEO rate, else ``fps``."""
-    host.load(model.patchers, "vae")
-    try:
-        videos = decode_latents(model.base.vae, latents.samples, tiling=tiled_vae,
+    """DWM Decode: every batch item's frames one after another; the scene's VIDEO rate, else ``fps``.
+    Tiled whatever ``tiled_vae`` says where the memory mode wants it."""
+    with placed(model, "vae") as plan:
+        videos = decode_latents(model.base.vae, latents.samples, tiling=tiled_vae or plan.vae_tiling,
                                 check_cancel=host.check_interrupted)
-    finally:
-        host.free_cache()
     return videos.reshape(-1, *videos.shape[2:]), latents.fps or as_rate(fps)
 
 

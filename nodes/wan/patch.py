@@ -16,6 +16,7 @@ Changing the strength builds a new clone from the same base: the base is never r
 from __future__ import annotations
 
 import os
+import weakref
 
 import comfy.lora
 import comfy.model_base
@@ -27,20 +28,19 @@ from comfyui_dwm.wan.checkpoint import NON_LORA_FILE, WAN_LORA_FILE, WanRelease,
 
 PATCH_EMBEDDING = "diffusion_model.patch_embedding"
 _FIX_MODEL = "load Wan2.1-Fun InP with the DWM-Wan Model Loader (or a Fun InP file with Load Diffusion Model)"
-_releases: dict[str, tuple[tuple, WanRelease]] = {}  # path -> (file mtimes, release); last two kept
+# (path, file mtimes) -> release, weakly: the patched models hold their release (an attachment), so it
+# lives as long as the host keeps one of them, and "Free model and node cache" frees it.
+_releases: weakref.WeakValueDictionary[tuple[str, tuple], WanRelease] = weakref.WeakValueDictionary()
 
 
 def get_release(path: str) -> WanRelease:
     """The release at ``path``, read once per change of its files (strength sweeps reuse it)."""
     stamp = tuple(os.path.getmtime(os.path.join(path, f)) if os.path.isfile(os.path.join(path, f)) else None
                   for f in (WAN_LORA_FILE, NON_LORA_FILE))
-    cached = _releases.get(path)
-    if cached is None or cached[0] != stamp:
-        release = load_wan_release(path)
-        while len(_releases) >= 2:
-            _releases.pop(next(iter(_releases)))
-        _releases[path] = cached = (stamp, release)
-    return cached[1]
+    release = _releases.get((path, stamp))
+    if release is None:
+        release = _releases[(path, stamp)] = load_wan_release(path)
+    return release
 
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
@@ -106,4 +106,5 @@ def apply_release(model, release: WanRelease, strength: float):
     clone = model.clone()
     clone.add_object_patch(PATCH_EMBEDDING, widened)
     clone.add_patches(patches, strength)
+    clone.set_attachments("dwm_release", release)  # keeps get_release's weak cache entry alive
     return clone

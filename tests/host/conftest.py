@@ -156,8 +156,11 @@ def start_server(base: Path, models: Path | None = None) -> Server:
     log = base / "comfyui.log"
     cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch"]
+    # glibc raises its mmap threshold after large frees and then keeps freed tensors in the heap; a fixed
+    # threshold returns them to the system at once, so RSS (tests/host/test_memory.py) shows live memory.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=checkout, stdout=fh, stderr=subprocess.STDOUT, **own_group())
+        proc = subprocess.Popen(cmd, cwd=checkout, stdout=fh, stderr=subprocess.STDOUT, env=env, **own_group())
     server = Server(base, port, proc, log)
     try:
         server.wait_ready()

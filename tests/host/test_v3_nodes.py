@@ -17,7 +17,8 @@ pytestmark = pytest.mark.host
 SAVED = Path(__file__).parent / "saved_workflows"
 NAMES = sorted(p.stem for p in (SAVED / "api").glob("*.json"))
 # Inputs added since the first release, with the defaults the editor gives them in an old workflow.
-ADDED = {"DWMDecode": {"fps": 8}, "DWMCompare": {"fps": 8}, "DWMSceneEncode": {"fps": 8}}
+ADDED = {"DWMDecode": {"fps": 8}, "DWMCompare": {"fps": 8}, "DWMSceneEncode": {"fps": 8},
+         "DWMModelLoader": {"memory_mode": "none"}, "DWMSampler": {"cache": "none", "attention": "sdpa"}}
 
 
 def saved(name: str, form: str) -> dict:
@@ -55,8 +56,8 @@ def test_saved_ui_workflow_loads_in_the_editor(page, example_inputs, name):  # n
 
 def test_video_inputs_keep_their_frame_rate(comfy, example_inputs):
     """dwm_basic wires Load Video straight into the DWM nodes and saves their VIDEO outputs: with Scene
-    Encode's fps at 0 (keep), 12 fps videos in give 12 fps output and comparison out (the other fps
-    inputs say 8; resampling to 8 fps is tests/host/test_memory.py's)."""
+    Encode's fps at 0 (keep) and Compare's at 12, 12 fps videos in give 12 fps output and comparison
+    out (resampling to 8 fps is tests/host/test_memory.py's)."""
     for role in ("static", "hands"):
         frames = read_video(str(comfy.input / example_inputs[role]))[0][:FRAMES]
         write_video(str(comfy.input / f"dwm_12fps_{role}.mp4"), frames, fps=12)
@@ -65,10 +66,10 @@ def test_video_inputs_keep_their_frame_rate(comfy, example_inputs):
     for node, role in zip(loaders, ("static", "hands")):
         assert node["_meta"]["title"] == {"static": "static video", "hands": "hand video"}[role]
         node["inputs"]["file"] = f"dwm_12fps_{role}.mp4"
-    assert {n["inputs"]["fps"] for n in wf.values() if n["class_type"] in ADDED} == {8}
+    assert {n["inputs"]["fps"] for n in wf.values() if "fps" in ADDED.get(n["class_type"], {})} == {8}
     for node in wf.values():
-        if node["class_type"] == "DWMSceneEncode":
-            node["inputs"]["fps"] = 0
+        if node["class_type"] in ("DWMSceneEncode", "DWMCompare"):
+            node["inputs"]["fps"] = {"DWMSceneEncode": 0, "DWMCompare": 12}[node["class_type"]]
     entry = run_prompt(comfy, wf)
     assert entry["status"]["status_str"] == "success", entry["status"]["messages"]
     videos = [read_video(str(p)) for p in saved_files(comfy, entry)]
