@@ -114,6 +114,7 @@ HOST_GC_S = 10  # ComfyUI's worker collects garbage at most this often, after a 
 def test_a_second_precision_does_not_keep_the_first(comfy, graph, big_base):
     """fp32 then bf16 of one base: the replaced fp32 copy goes with the host's next garbage collection
     (the worker's, after a prompt, at most every 10 s), not at a restart; /free gives everything back."""
+    run_ok(comfy, graph("bf16"))  # warm up: code and buffers that stay whatever the model
     baseline = free(comfy)
     run_ok(comfy, graph("bf16"))
     bf16_only = rss(comfy)
