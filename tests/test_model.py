@@ -109,3 +109,24 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DWMError, match="could not load the hub id someone/no-such-dwm-base.*download it first"):
         load_base("someone/no-such-dwm-base")
+
+
+FREED_CHECK = """
+import gc, sys, weakref
+gc.disable()  # what refcounting alone frees
+from comfyui_dwm.cogvideox.model import load_base
+base = load_base(sys.argv[1], "fp32", "cpu")
+parts = [weakref.ref(getattr(base, name)) for name in ("transformer", "vae", "text_encoder")]
+del base
+print([part() is None for part in parts])
+"""
+
+
+def test_a_dropped_base_is_freed_at_once(tiny_dir):
+    """In a fresh process the first load must not leave the models in a reference cycle (a library
+    import inside a load would: torch.fx.wrap keeps its frame and the loading frames above it)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FREED_CHECK, str(tiny_dir["1.1"])], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[True, True, True]", out.stderr[-2000:]

@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
 from torch import nn
+from transformers import AutoTokenizer, T5EncoderModel
 
 from ..errors import DWMError
 from ..precision import resolve_dtype
@@ -107,16 +109,16 @@ def _check_folder(path: str) -> None:
 
 
 def _read_scheduler_config(path: str) -> dict:
-    from diffusers import CogVideoXDDIMScheduler
-
     return dict(CogVideoXDDIMScheduler.load_config(path, subfolder="scheduler"))
 
 
 def load_base(path: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu") -> DWMBase:
-    """Load a CogVideoX-Fun InP base (local folder or hub id) and widen it to the DWM input."""
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
-    from transformers import AutoTokenizer, T5EncoderModel
+    """Load a CogVideoX-Fun InP base (local folder or hub id) and widen it to the DWM input.
 
+    The libraries are imported with this module, never inside a load: an import inside one leaves the
+    loading frames in a reference cycle (``torch.fx.wrap`` keeps its own frame), and the loaded models
+    with them until the next garbage collection.
+    """
     torch_dtype = resolve_dtype(dtype)
     is_local = os.path.isdir(path)
     if is_local:

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from ..adapters import weigh_adapters
 from ..errors import DWMError
@@ -28,7 +29,6 @@ from .model import WanBase
 
 def diffusers_module_name(path: str) -> str:
     """Original Wan module path -> diffusers name (``blocks.0.cross_attn.k_img`` -> ``blocks.0.attn2.add_k_proj``)."""
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
     (key,) = convert_wan_transformer_to_diffusers({f"{path}.weight": torch.empty(0)})
     return key[: -len(".weight")]

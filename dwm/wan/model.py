@@ -16,6 +16,9 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import init_empty_weights
+from diffusers import WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from safetensors.torch import load_file
 from torch import nn
 
@@ -149,9 +152,6 @@ def widen_patch_embedding(transformer: nn.Module) -> None:
 def load_wan_transformer(folder: str, dtype: str | torch.dtype = "bf16",
                          device: str | torch.device = "cpu") -> nn.Module:
     """The folder's transformer as diffusers' ``WanTransformer3DModel`` (strict load), widened to 52 channels."""
-    from accelerate import init_empty_weights
-    from diffusers import WanTransformer3DModel
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
     torch_dtype = resolve_dtype(dtype)
     config = read_wan_config(folder)

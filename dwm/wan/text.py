@@ -21,6 +21,8 @@ import re
 import weakref
 
 import torch
+from accelerate import init_empty_weights
+from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
 from ..errors import DWMError
 from ..precision import resolve_dtype
@@ -88,7 +90,6 @@ def umt5_to_wan(state: dict) -> dict:
 
 def umt5_config(state: dict):
     """The ``UMT5Config`` of Wan-layout umT5 weights, every size read from the tensor shapes."""
-    from transformers import UMT5Config
 
     vocab, d_model = state["token_embedding.weight"].shape
     buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
@@ -105,7 +106,6 @@ def _is_wan_umt5(keys: set) -> bool:
 def _t5_tokenizer(folder: str):
     """The folder's tokenizer when it has T5's special-token ids (pad 0, end 1), which tell umT5's
     tokenizer from e.g. the CLIP's XLM-R one; else None."""
-    from transformers import AutoTokenizer
 
     if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
         return None
@@ -138,8 +138,6 @@ def _model_type(folder: str) -> str | None:
 
 
 def _from_wan_weights(path: str, dtype: torch.dtype):
-    from accelerate import init_empty_weights
-    from transformers import UMT5EncoderModel
 
     state = read_weights(path)
     config = umt5_config(state)
@@ -170,7 +168,6 @@ def find_text_encoder(folder: str) -> tuple[str | None, str]:
 
 def load_wan_text_encoder(folder: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu"):
     """``(UMT5EncoderModel, tokenizer)`` from a VideoX-Fun folder or a transformers-format umT5 folder."""
-    from transformers import UMT5EncoderModel
 
     torch_dtype = resolve_dtype(dtype)
     weights, tokenizer = find_text_encoder(folder)

@@ -14,6 +14,9 @@ import os
 import re
 
 import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKLWan
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from ..errors import DWMError
 from ..precision import resolve_dtype
@@ -84,9 +87,6 @@ def find_wan_vae(path: str) -> str:
 
 def load_wan_vae(path: str, dtype: str | torch.dtype = "bf16", device: str | torch.device = "cpu"):
     """Diffusers ``AutoencoderKLWan`` from a Wan VAE file, or the folder that holds one (found by its keys)."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKLWan
-    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
     torch_dtype = resolve_dtype(dtype)
     file = find_wan_vae(path)
