@@ -28,8 +28,8 @@ def ours_on(server, jobs) -> tuple[set, set]:
     """Prompt ids of our jobs the server has finished, and of those it is running or holds."""
     ids = {j["prompt_id"] for j in jobs if j["prompt_id"]}
     queue = server.get("/queue").json()
-    return ids & set(server.get("/history").json()), \
-        ids & {item[1] for item in queue["queue_running"] + queue["queue_pending"]}
+    done = ids & set(server.get("/history").json())  # read second: a job may finish between the two reads
+    return done, ids & {item[1] for item in queue["queue_running"] + queue["queue_pending"]} - done
 
 
 def test_jobs_spread_over_two_servers_and_survive_one_stopped(comfy, second, data_root):
